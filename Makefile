@@ -1,0 +1,69 @@
+# sar.backup — everything a fresh machine needs, from two commands:
+#   make demo   a real backup of a sample appliance, verified
+#   make test   every test (sanity, units, lint, integration, molecule)
+SHELL := /bin/bash
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+BUILD := $(ROOT)/.build
+COLL := $(BUILD)/ansible_collections/sar/backup
+export ANSIBLE_COLLECTIONS_PATH := $(BUILD)
+export PATH := $(VENV)/bin:$(PATH)
+
+# Debian packages the tests and the demo use (installed only when root).
+DEB_PACKAGES := postgresql postgresql-client openssh-server openssh-client samba smbclient \
+	zstd rsync udev fusefat exfat-fuse systemd util-linux e2fsprogs dosfstools python3-venv
+
+.PHONY: all deps venv collection demo test sanity units lint integration molecule bench clean
+
+all: test
+
+deps: .build/.deps
+.build/.deps:
+	@mkdir -p .build
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: assuming Debian packages are present"; fi
+	@touch $@
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements/runtime.txt requirements/dev.txt | deps
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	@touch $@
+
+collection: venv
+	@tools/stage-collection.sh >/dev/null
+
+demo: collection
+	$(PY) tools/demo.py
+
+sanity: collection
+	tools/ansible-test-offline.sh $(PY)
+	cd $(COLL) && ansible-test sanity --venv --python 3.11 --color no
+
+units: collection
+	tools/ansible-test-offline.sh $(PY)
+	cd $(COLL) && ansible-test units --venv --python 3.11 --color no
+
+lint: collection
+	cd $(COLL) && ansible-lint --profile production --offline
+
+integration: collection
+	$(PY) -m pytest -p no:cacheprovider tests/integration -x -q
+
+molecule: collection
+	cd $(COLL)/extensions && molecule test --all
+
+test: sanity units lint integration
+
+bench: collection
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .build tests/output

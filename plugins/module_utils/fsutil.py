@@ -1,0 +1,108 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""Small shared helpers: atomic private files, sizes, durations, host name."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+
+from .errors import ValidationError
+
+_SIZE_UNITS = {
+    "": 1, "B": 1,
+    "KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "TB": 1000 ** 4,
+    "KIB": 1024, "MIB": 1024 ** 2, "GIB": 1024 ** 3, "TIB": 1024 ** 4,
+}
+_DURATION_UNITS = {"": 1, "S": 1, "M": 60, "H": 3600, "D": 86400}
+_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value, field: str) -> int:
+    """Bytes from an int or '20 MB' / '1GiB' (KB/MB/GB powers of 1000, KiB/MiB/GiB of 1024)."""
+    if isinstance(value, bool):
+        raise ValidationError(field, "expected a size (bytes or e.g. '20MB'), got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValidationError(field, "must not be negative, got %d" % value)
+        return value
+    match = _NUMBER_UNIT.match(str(value))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise ValidationError(
+            field, "%r is not a size: use bytes or a number with KB, MB, GB, KiB, MiB or GiB" % (value,))
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value, field: str) -> int:
+    """Seconds from an int or '30s' / '5m' / '1h' / '1d'."""
+    if isinstance(value, bool):
+        raise ValidationError(field, "expected a duration (seconds or e.g. '1h'), got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValidationError(field, "must not be negative, got %d" % value)
+        return value
+    match = _NUMBER_UNIT.match(str(value))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _DURATION_UNITS:
+        raise ValidationError(field, "%r is not a duration: use seconds or e.g. 30s, 5m, 1h, 1d" % (value,))
+    return int(float(match.group(1)) * _DURATION_UNITS[unit])
+
+
+def short_hostname() -> str:
+    """SPEC section 9: the short host name, up to the first dot."""
+    return socket.gethostname().split(".", 1)[0]
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create a directory (and parents) with mode 0700 if missing."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write a file atomically (temp file in the same dir, fsync, rename) with `mode`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    ensure_private_dir(directory)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: str, obj, mode: int = 0o600) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode)
+
+
+def read_json(path: str):
+    with open(path, "rb") as handle:
+        return json.loads(handle.read().decode("utf-8"))

@@ -1,0 +1,430 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""The job model (seed steps 1-3): option schema, validation, defaults, masking.
+
+One schema serves the modules (as an Ansible argument spec, plain data), the
+`sar-backup` command and inline `definition`s. Validation returns a normalized
+job: every option present, defaults applied, types coerced, so comparing two
+normalized jobs is the idempotence test.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import re
+
+from .errors import ValidationError
+from .fsutil import parse_duration, parse_size
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$|^[^@\s,;<>]+@localhost$")
+START_FORMAT = "%Y-%m-%d %H:%M"
+MASK = "********"
+
+INTERVALS = ("manual", "hourly", "daily", "weekly", "monthly")
+REPORT_ON = ("failure", "always", "never")
+CATEGORIES = ("core", "cdr_voicemail", "announcements")
+COMPRESSIONS = ("zstd", "gzip")
+VERIFY_MODES = ("size", "full")
+SMB_SECURITY = ("negotiate", "ntlm", "kerberos")
+HOST_KEY_POLICIES = ("strict", "accept_new")
+
+DEFAULTS = {
+    "state": "present",
+    "report_to": [],
+    "report_on": "failure",
+    "interval": "manual",
+    "start": None,
+    "data": ["core"],
+    "compression": "zstd",
+    "encryption": None,
+    "defer": 3600,
+    "retries": 3,
+}
+
+# Secret option names, wherever they appear (targets, encryption, settings).
+SECRET_KEYS = frozenset((
+    "password", "private_key", "private_key_passphrase", "refresh_token",
+    "app_secret", "access_token", "passphrase",
+))
+
+# Per target type: option -> (kind, default). kind: str|int|bool|size|list|choice tuple.
+# `None` default = optional without default; REQUIRED = must be given.
+REQUIRED = object()
+COMMON_TARGET_OPTIONS = {
+    "keep": ("int", 7),
+    "verify": (VERIFY_MODES, "size"),
+}
+TARGET_OPTIONS = {
+    "local": {
+        "path": ("str", None),  # None: the host's archive_dir setting
+    },
+    "smb": {
+        "server": ("str", REQUIRED),
+        "port": ("int", 445),
+        "share": ("str", REQUIRED),
+        "username": ("str", REQUIRED),
+        "password": ("str", None),
+        "security": (SMB_SECURITY, "negotiate"),
+        "encrypt": ("bool", True),
+    },
+    "sftp": {
+        "server": ("str", REQUIRED),
+        "port": ("int", 22),
+        "username": ("str", REQUIRED),
+        "password": ("str", None),
+        "private_key": ("str", None),
+        "private_key_passphrase": ("str", None),
+        "path": ("str", "."),
+        "host_key": ("str", None),
+        "host_key_policy": (HOST_KEY_POLICIES, "strict"),
+    },
+    "dropbox": {
+        "app_key": ("str", None),
+        "app_secret": ("str", None),
+        "refresh_token": ("str", None),
+        "access_token": ("str", None),
+        "path": ("str", "/"),
+    },
+    "usb": {
+        "label": ("str", None),
+        "uuid": ("str", None),
+        "mount_options": ("str", ""),
+    },
+    "email": {
+        "to": ("list", REQUIRED),
+        "max_size": ("size", 20 * 1000 * 1000),
+    },
+}
+ALL_TARGET_OPTIONS = sorted({"type"} | set(COMMON_TARGET_OPTIONS)
+                            | {o for opts in TARGET_OPTIONS.values() for o in opts})
+
+
+def _is_blank(value) -> bool:
+    return value is None or value == "" or value == []
+
+
+def _coerce(kind, value, field: str):
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise ValidationError(field, "must be one of %s, got %r" % (", ".join(kind), value))
+        return value
+    if kind == "str":
+        if isinstance(value, (dict, list, bool)):
+            raise ValidationError(field, "must be a string, got %s" % type(value).__name__)
+        return str(value)
+    if kind == "int":
+        if isinstance(value, bool):
+            raise ValidationError(field, "must be an integer, got a boolean")
+        try:
+            number = int(str(value), 10)
+        except ValueError:
+            raise ValidationError(field, "must be an integer, got %r" % (value,))
+        if number < 0:
+            raise ValidationError(field, "must not be negative, got %d" % number)
+        return number
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("yes", "true", "on", "1"):
+            return True
+        if text in ("no", "false", "off", "0"):
+            return False
+        raise ValidationError(field, "must be a boolean, got %r" % (value,))
+    if kind == "size":
+        return parse_size(value, field)
+    if kind == "list":
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ValidationError(field, "must be a list, got %s" % type(value).__name__)
+        return [str(v) for v in value]
+    raise AssertionError(kind)
+
+
+def _check_email(address: str, field: str) -> None:
+    if not EMAIL_RE.match(address):
+        raise ValidationError(field, "%r is not an e-mail address" % address)
+
+
+def validate_target(raw, index: int) -> dict:
+    """Normalize one target; `targets[i].option` names the bad field."""
+    prefix = "targets[%d]" % index
+    if not isinstance(raw, dict):
+        raise ValidationError(prefix, "must be a dictionary with at least a 'type'")
+    ttype = raw.get("type")
+    if _is_blank(ttype):
+        raise ValidationError(prefix + ".type", "is required (one of %s)" % ", ".join(TARGET_OPTIONS))
+    if ttype not in TARGET_OPTIONS:
+        raise ValidationError(prefix + ".type", "must be one of %s, got %r" % (", ".join(TARGET_OPTIONS), ttype))
+    allowed = dict(COMMON_TARGET_OPTIONS)
+    allowed.update(TARGET_OPTIONS[ttype])
+    given = {k: v for k, v in raw.items() if k != "type" and v is not None}
+    for key in sorted(given):
+        if key not in allowed:
+            if key in ALL_TARGET_OPTIONS:
+                raise ValidationError("%s.%s" % (prefix, key), "is not an option of %s targets" % ttype)
+            raise ValidationError("%s.%s" % (prefix, key), "unknown option")
+    out = {"type": ttype}
+    for key, (kind, default) in allowed.items():
+        field = "%s.%s" % (prefix, key)
+        if key in given and not _is_blank(given[key]):
+            out[key] = _coerce(kind, given[key], field)
+        elif default is REQUIRED:
+            raise ValidationError(field, "is required for %s targets" % ttype)
+        else:
+            out[key] = default
+    _check_target_rules(out, prefix)
+    return out
+
+
+def _check_target_rules(t: dict, prefix: str) -> None:
+    ttype = t["type"]
+    if ttype == "local" and t["path"] is not None and not t["path"].startswith("/"):
+        raise ValidationError(prefix + ".path", "must be an absolute path, got %r" % t["path"])
+    if ttype in ("smb", "sftp"):
+        server = t["server"]
+        if "://" in server or "/" in server or re.search(r"\s", server):
+            raise ValidationError(prefix + ".server",
+                                  "must be a host name or IP address without protocol or path, got %r" % server)
+        if not 0 < t["port"] < 65536:
+            raise ValidationError(prefix + ".port", "must be between 1 and 65535, got %d" % t["port"])
+    if ttype == "smb":
+        share = t["share"].replace("\\", "/").strip("/")
+        if not share or any(part in ("", ".", "..") for part in share.split("/")):
+            raise ValidationError(prefix + ".share", "must be 'share' or 'share/sub/dirs', got %r" % t["share"])
+        t["share"] = share
+        if t["security"] != "kerberos" and t["password"] is None:
+            raise ValidationError(prefix + ".password", "is required unless security is kerberos")
+    if ttype == "sftp":
+        if t["password"] is not None and t["private_key"] is not None:
+            raise ValidationError(prefix + ".password", "give either password or private_key, not both")
+        if t["password"] is None and t["private_key"] is None:
+            raise ValidationError(prefix + ".password", "one of password or private_key is required")
+        if t["private_key_passphrase"] is not None and t["private_key"] is None:
+            raise ValidationError(prefix + ".private_key_passphrase", "only applies with private_key")
+        if t["private_key"] is not None and "PRIVATE KEY" not in t["private_key"]:
+            raise ValidationError(prefix + ".private_key", "must be a PEM/OpenSSH private key (its text, not a path)")
+        if t["host_key"] is not None:
+            key = t["host_key"].strip()
+            if not (re.match(r"^SHA256:[A-Za-z0-9+/]{43}=?$", key)
+                    or re.match(r"^(ssh-|ecdsa-|sk-)[\w@.-]+ [A-Za-z0-9+/]+=*( .*)?$", key)):
+                raise ValidationError(prefix + ".host_key",
+                                      "must be an OpenSSH public key line ('type base64 [comment]') "
+                                      "or a 'SHA256:...' fingerprint")
+            t["host_key"] = key
+            if t["host_key_policy"] == "accept_new":
+                raise ValidationError(prefix + ".host_key_policy", "accept_new cannot be combined with a pinned host_key")
+        if not (t["path"] == "." or t["path"].startswith("/")):
+            raise ValidationError(prefix + ".path", "must be an absolute path or '.', got %r" % t["path"])
+    if ttype == "dropbox":
+        if t["refresh_token"] is not None and t["access_token"] is not None:
+            raise ValidationError(prefix + ".refresh_token", "give either refresh_token or access_token, not both")
+        if t["refresh_token"] is None and t["access_token"] is None:
+            raise ValidationError(prefix + ".refresh_token", "one of refresh_token or access_token is required")
+        if t["refresh_token"] is not None and t["app_key"] is None:
+            raise ValidationError(prefix + ".app_key", "is required with refresh_token")
+        if not t["path"].startswith("/"):
+            raise ValidationError(prefix + ".path", "must start with '/', got %r" % t["path"])
+    if ttype == "usb" and t["label"] is not None and t["uuid"] is not None:
+        raise ValidationError(prefix + ".uuid", "give either label or uuid, not both")
+    if ttype == "email":
+        if not t["to"]:
+            raise ValidationError(prefix + ".to", "needs at least one address")
+        for i, addr in enumerate(t["to"]):
+            _check_email(addr, "%s.to[%d]" % (prefix, i))
+
+
+def validate_name(name) -> str:
+    if _is_blank(name):
+        raise ValidationError("name", "is required")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValidationError("name", "must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter "
+                                      "or digit, got %r" % (name,))
+    return name
+
+
+def parse_start(value, field: str = "start") -> datetime.datetime:
+    try:
+        return datetime.datetime.strptime(str(value).strip(), START_FORMAT)
+    except ValueError:
+        raise ValidationError(field, "must be 'YYYY-MM-DD HH:MM' (local time), got %r" % (value,))
+
+
+def validate_job(raw: dict, require_targets: bool = True) -> dict:
+    """Normalize a job definition. Raises ValidationError naming the field."""
+    if not isinstance(raw, dict):
+        raise ValidationError("definition", "must be a dictionary of job options")
+    known = set(DEFAULTS) | {"name", "targets"}
+    for key in sorted(raw):
+        if key not in known:
+            raise ValidationError(key, "unknown option")
+    job = {"name": validate_name(raw.get("name"))}
+    for key, default in DEFAULTS.items():
+        value = raw.get(key)
+        job[key] = copy.deepcopy(default) if value is None else value
+
+    if job["state"] not in ("present", "absent"):
+        raise ValidationError("state", "must be present or absent, got %r" % (job["state"],))
+    job["report_to"] = _coerce("list", job["report_to"], "report_to")
+    for i, addr in enumerate(job["report_to"]):
+        _check_email(addr, "report_to[%d]" % i)
+    job["report_on"] = _coerce(REPORT_ON, job["report_on"], "report_on")
+    job["interval"] = _coerce(INTERVALS, job["interval"], "interval")
+    if job["interval"] == "manual":
+        if not _is_blank(job["start"]):
+            job["start"] = parse_start(job["start"]).strftime(START_FORMAT)
+        else:
+            job["start"] = None
+    else:
+        if _is_blank(job["start"]):
+            raise ValidationError("start", "is required when interval is %s ('YYYY-MM-DD HH:MM')" % job["interval"])
+        job["start"] = parse_start(job["start"]).strftime(START_FORMAT)
+
+    data = _coerce("list", job["data"], "data")
+    if not data:
+        raise ValidationError("data", "needs at least one category (%s)" % ", ".join(CATEGORIES))
+    for i, cat in enumerate(data):
+        if cat not in CATEGORIES:
+            raise ValidationError("data[%d]" % i, "must be one of %s, got %r" % (", ".join(CATEGORIES), cat))
+    job["data"] = [c for c in CATEGORIES if c in data]  # canonical order, no duplicates
+
+    job["compression"] = _coerce(COMPRESSIONS, job["compression"], "compression")
+    job["encryption"] = _validate_encryption(job["encryption"])
+    job["defer"] = parse_duration(job["defer"], "defer")
+    job["retries"] = _coerce("int", job["retries"], "retries")
+
+    targets = raw.get("targets")
+    if targets is None:
+        targets = []
+    if not isinstance(targets, list):
+        raise ValidationError("targets", "must be a list of targets")
+    if require_targets and job["state"] == "present" and not targets:
+        raise ValidationError("targets", "needs at least one target (seed step 3)")
+    job["targets"] = [validate_target(t, i) for i, t in enumerate(targets)]
+    return job
+
+
+def _validate_encryption(value):
+    if _is_blank(value):
+        return None
+    if not isinstance(value, dict):
+        raise ValidationError("encryption", "must be a dictionary with passphrase or recipients")
+    for key in value:
+        if key not in ("passphrase", "recipients"):
+            raise ValidationError("encryption.%s" % key, "unknown option (passphrase or recipients)")
+    passphrase = value.get("passphrase")
+    recipients = value.get("recipients")
+    if not _is_blank(passphrase) and not _is_blank(recipients):
+        raise ValidationError("encryption.passphrase", "give either passphrase or recipients, not both")
+    if not _is_blank(passphrase):
+        if len(str(passphrase)) < 8:
+            raise ValidationError("encryption.passphrase", "must be at least 8 characters")
+        return {"passphrase": str(passphrase), "recipients": None}
+    if _is_blank(recipients):
+        raise ValidationError("encryption", "needs a passphrase or recipients")
+    recipients = _coerce("list", recipients, "encryption.recipients")
+    for i, rcpt in enumerate(recipients):
+        if not re.match(r"^age1[02-9ac-hj-np-z]{58}$", rcpt):
+            raise ValidationError("encryption.recipients[%d]" % i, "must be an age public key (age1...), got %r" % rcpt)
+    return {"passphrase": None, "recipients": recipients}
+
+
+def mask(obj):
+    """A deep copy with every secret value replaced by MASK."""
+    if isinstance(obj, dict):
+        return {k: (MASK if k in SECRET_KEYS and v is not None else mask(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [mask(v) for v in obj]
+    return obj
+
+
+def secret_values(obj) -> list:
+    """Every secret string inside obj (to register with Ansible's no_log)."""
+    found = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in SECRET_KEYS and isinstance(value, str) and value:
+                found.append(value)
+            else:
+                found.extend(secret_values(value))
+    elif isinstance(obj, list):
+        for value in obj:
+            found.extend(secret_values(value))
+    return found
+
+
+def diff_view(old, new):
+    """Masked before/after for diff mode: secrets read 'changed'/'unchanged' only."""
+    def walk(a, b):
+        if isinstance(b, dict):
+            a = a if isinstance(a, dict) else {}
+            out_a, out_b = {}, {}
+            for key in sorted(set(a) | set(b)):
+                if key in SECRET_KEYS:
+                    if key in a and a.get(key) is not None:
+                        out_a[key] = "<secret>"
+                    if key in b and b.get(key) is not None:
+                        out_b[key] = "<secret unchanged>" if a.get(key) == b.get(key) else "<secret changed>"
+                    continue
+                sub_a, sub_b = walk(a.get(key), b.get(key))
+                if key in a:
+                    out_a[key] = sub_a
+                if key in b:
+                    out_b[key] = sub_b
+            return out_a, out_b
+        if isinstance(b, list):
+            a = a if isinstance(a, list) else []
+            pairs = [walk(a[i] if i < len(a) else None, v) for i, v in enumerate(b)]
+            rest = [mask(v) for v in a[len(b):]]
+            return [p[0] for p in pairs if p[0] is not None] + rest, [p[1] for p in pairs]
+        return mask(a), mask(b)
+    before, after = walk(old or {}, new or {})
+    return before, after
+
+
+def argument_spec() -> dict:
+    """The job options as an Ansible argument spec (plain data, no Ansible import).
+    Defaults are applied by validate_job, so the spec carries none that differ by type."""
+    target_options = {"type": {"type": "str", "required": True, "choices": list(TARGET_OPTIONS)}}
+    kinds = {"str": "str", "int": "int", "bool": "bool", "size": "raw", "list": "list"}
+    for opts in [COMMON_TARGET_OPTIONS] + list(TARGET_OPTIONS.values()):
+        for key, (kind, _default) in opts.items():
+            spec = {"type": "str", "choices": list(kind)} if isinstance(kind, tuple) else {"type": kinds[kind]}
+            if kind == "list":
+                spec["elements"] = "str"
+            if key in SECRET_KEYS:
+                spec["no_log"] = True
+            elif key in ("host_key_policy", "max_size", "keep"):
+                spec["no_log"] = False
+            target_options[key] = spec
+    return {
+        "name": {"type": "str", "required": True},
+        "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+        "report_to": {"type": "list", "elements": "str"},
+        "report_on": {"type": "str", "default": "failure", "choices": list(REPORT_ON)},
+        "interval": {"type": "str", "default": "manual", "choices": list(INTERVALS)},
+        "start": {"type": "str"},
+        "data": {"type": "list", "elements": "str", "default": ["core"], "choices": list(CATEGORIES)},
+        "targets": {"type": "list", "elements": "dict", "options": target_options},
+        "compression": {"type": "str", "default": "zstd", "choices": list(COMPRESSIONS)},
+        "encryption": {"type": "dict", "options": {
+            "passphrase": {"type": "str", "no_log": True},
+            "recipients": {"type": "list", "elements": "str"},
+        }},
+        "defer": {"type": "raw", "default": "1h"},
+        "retries": {"type": "int", "default": 3},
+    }
+
+
+def params_to_raw(params: dict) -> dict:
+    """Module params -> a raw job dict (drop None in targets so defaults apply per type)."""
+    raw = {k: v for k, v in params.items() if k in DEFAULTS or k in ("name", "targets")}
+    if raw.get("targets") is not None:
+        raw["targets"] = [{k: v for k, v in t.items() if v is not None} for t in raw["targets"]]
+    if isinstance(raw.get("encryption"), dict):
+        raw["encryption"] = {k: v for k, v in raw["encryption"].items() if v is not None}
+    return raw
