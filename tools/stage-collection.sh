@@ -4,7 +4,7 @@
 # units and playbooks see exactly the files of this tree, committed or not.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-dest="$root/.build/ansible_collections/sar/backup"
+dest="${SAR_STAGE_ROOT:-$root/.build}/ansible_collections/sar/backup"
 mkdir -p "$dest"
 rsync -a --delete \
     --exclude /.git --exclude /.venv --exclude /.build --exclude /tests/output \

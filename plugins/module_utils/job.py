@@ -398,7 +398,7 @@ def argument_spec() -> dict:
                 spec["elements"] = "str"
             if key in SECRET_KEYS:
                 spec["no_log"] = True
-            elif key in ("host_key_policy", "max_size", "keep"):
+            elif key in ("host_key", "host_key_policy", "app_key", "max_size", "keep"):
                 spec["no_log"] = False
             target_options[key] = spec
     return {

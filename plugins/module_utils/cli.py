@@ -1,0 +1,209 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""`sar-backup`: the command timers run on the appliance (no Ansible needed).
+
+    sar-backup [--config-dir DIR] run JOB [--scheduled] [--wait D]
+    sar-backup [--config-dir DIR] list [--format text|json]
+    sar-backup [--config-dir DIR] verify FILE [--passphrase-file F | --identity F]
+    sar-backup [--config-dir DIR] status [--job J] [--warn 26h] [--crit 50h] [--format text|json|checkmk]
+    sar-backup [--config-dir DIR] metrics
+    sar-backup [--config-dir DIR] crash-report JOB [--unit U]
+
+Exit codes: run 0 success (or not due yet), 1 the run failed, 2 bad usage or
+configuration; verify 0 intact, 1 corrupt or unreadable, 2 usage; status
+0/1/2/3 as Nagios (OK/WARNING/CRITICAL/UNKNOWN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import errors, report, schedule
+from .archive import verify as verify_archive
+from .errors import SarError, ValidationError
+from .fsutil import parse_duration, short_hostname
+from .job import mask
+from .runner import VERSION, run_job
+from .store import Store, effective_metrics_path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Console:
+    """Phase lines: on a terminal with times for people; under systemd plain
+    lines the journal timestamps itself."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.began = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        if self.tty:
+            self.stream.write("[%6.1fs] %s\n" % (time.monotonic() - self.began, msg))
+        else:
+            self.stream.write("%s\n" % msg)
+        self.stream.flush()
+
+
+def _read_secret_file(path):
+    if not path:
+        return None
+    with open(path, "r", encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def cmd_run(store: Store, args) -> int:
+    job = store.load_job(args.job)
+    console = Console()
+    result = run_job(job, store, wait=parse_duration(args.wait, "--wait"), scheduled=args.scheduled, log=console)
+    code = result["code"]
+    archive = result.get("archive") or {}
+    if code == errors.NOT_DUE:
+        console(result.get("error") or "not due")
+        return EXIT_OK
+    console("%s: %s%s" % (job["name"], code, (" - %s" % result["error"]) if result.get("error") else ""))
+    if archive.get("name"):
+        console("archive %s, %d bytes, sha256 %s" % (archive["name"], archive.get("size") or 0, archive.get("sha256")))
+    return EXIT_OK if code == errors.SUCCESSFUL else EXIT_FAILED
+
+
+def cmd_list(store: Store, args) -> int:
+    settings = store.settings()
+    rows = []
+    for name in store.job_names():
+        job = store.load_job(name)
+        status = report.read_status(settings, name)
+        rows.append({"name": name, "job": mask(job), "on_calendar": schedule.on_calendar(job),
+                     "next_runs": [schedule.iso(t) for t in schedule.next_runs(job, 3)],
+                     "last_run": status})
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no jobs in %s" % store.jobs_dir)
+    for row in rows:
+        job, last = row["job"], row["last_run"] or {}
+        print("%-24s %-8s next %-26s last %s %s" % (
+            row["name"], job["interval"], (row["next_runs"] or ["-"])[0], last.get("code", "never"), last.get("finished", "")))
+        for i, target in enumerate(job["targets"]):
+            print("    %d. %s" % (i + 1, target["type"]))
+    return EXIT_OK
+
+
+def cmd_verify(store: Store, args) -> int:
+    del store
+    identities = None
+    if args.identity:
+        with open(args.identity, "r", encoding="utf-8") as handle:
+            identities = [ln.strip() for ln in handle if ln.strip().startswith("AGE-SECRET-KEY-")]
+    try:
+        info = verify_archive(args.file, passphrase=_read_secret_file(args.passphrase_file), identities=identities)
+    except SarError as exc:
+        print("CORRUPT %s: %s" % (args.file, exc))
+        return EXIT_FAILED
+    manifest = info["manifest"]
+    print("OK %s: %d members verified, job %s from %s at %s, sha256 %s" % (
+        args.file, len(info["members"]), manifest.get("job"), manifest.get("host"), manifest.get("created"), info["sha256"]))
+    return EXIT_OK
+
+
+def cmd_status(store: Store, args) -> int:
+    try:
+        settings = store.settings()
+        names = [args.job] if args.job else store.job_names()
+        statuses = report.all_statuses(settings, names)
+    except SarError as exc:
+        print("UNKNOWN - %s" % exc)
+        return 3
+    if args.format == "checkmk":
+        sys.stdout.write(report.checkmk_section(statuses))
+        return EXIT_OK
+    code, text = report.nagios_status(statuses, parse_duration(args.warn, "--warn"),
+                                      parse_duration(args.crit, "--crit"), time.time())
+    if args.format == "json":
+        print(json.dumps({"exit": code, "summary": text, "jobs": statuses}, indent=2))
+    else:
+        print(text)
+    return code
+
+
+def cmd_metrics(store: Store, args) -> int:
+    del args
+    settings = store.settings()
+    report.write_metrics(settings, store.job_names(), effective_metrics_path(settings))
+    return EXIT_OK
+
+
+def cmd_crash_report(store: Store, args) -> int:
+    """OnFailure= hook: the runner died without reporting (killed, crashed)."""
+    settings = store.settings()
+    job = store.load_job(args.job)
+    msg = "the backup service %s stopped without reporting (killed or crashed); see journalctl -u %s" % (
+        args.unit or "sar-backup@%s.service" % args.job, args.unit or "sar-backup@%s.service" % args.job)
+    result = {"job": job["name"], "host": short_hostname(), "code": errors.FAILED, "error": msg,
+              "started": None, "finished": None, "duration": None, "archive": None,
+              "targets": [{"index": i, "type": t["type"], "location": None, "code": errors.FAILED, "error": msg}
+                          for i, t in enumerate(job["targets"])]}
+    if not job.get("report_to") or job.get("report_on") == "never":
+        print(msg)
+        return EXIT_OK
+    report.mail_report(settings, job, result)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sar-backup", description="Backups of a PBX appliance (sar.backup runtime).")
+    parser.add_argument("--config-dir", help="configuration directory (default $SAR_BACKUP_CONFIG_DIR or /etc/sar-backup)")
+    parser.add_argument("--version", action="version", version="sar-backup %s" % VERSION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a saved job now")
+    p.add_argument("job")
+    p.add_argument("--scheduled", action="store_true", help="a timer run: defer and retry when the lock is taken")
+    p.add_argument("--wait", default="0", help="ad hoc: how long to wait for the maintenance lock (e.g. 10m)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("list", help="saved jobs, schedules and last results")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("verify", help="verify a .sar archive completely")
+    p.add_argument("file")
+    p.add_argument("--passphrase-file", help="file holding the passphrase of an encrypted archive")
+    p.add_argument("--identity", help="age identity file for an archive encrypted to recipients")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("status", help="monitoring: Nagios exit codes, JSON or the checkmk section")
+    p.add_argument("--job")
+    p.add_argument("--warn", default="26h")
+    p.add_argument("--crit", default="50h")
+    p.add_argument("--format", choices=("text", "json", "checkmk"), default="text")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("metrics", help="rewrite the Prometheus textfile from the status files")
+    p.set_defaults(func=cmd_metrics)
+    p = sub.add_parser("crash-report", help="OnFailure= hook: mail that a run died unreported")
+    p.add_argument("job")
+    p.add_argument("--unit")
+    p.set_defaults(func=cmd_crash_report)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    store = Store(args.config_dir)
+    try:
+        return args.func(store, args)
+    except ValidationError as exc:
+        print("sar-backup: %s" % exc, file=sys.stderr)
+        return 3 if args.command == "status" else EXIT_USAGE
+    except SarError as exc:
+        print("sar-backup: %s" % exc, file=sys.stderr)
+        return 3 if args.command == "status" else EXIT_FAILED
+    except OSError as exc:
+        print("sar-backup: %s" % exc, file=sys.stderr)
+        return 3 if args.command == "status" else EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

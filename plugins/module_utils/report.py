@@ -1,0 +1,253 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""What a run leaves for people and monitoring: the status file per job."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import SarError
+from .fsutil import atomic_write_json, read_json
+
+STATUS_FORMAT = 1
+
+
+def status_path(settings: dict, job: str) -> str:
+    return os.path.join(settings["status_dir"], "%s.json" % job)
+
+
+def read_status(settings: dict, job: str):
+    """The job's status file content, or None when it never ran."""
+    path = status_path(settings, job)
+    if not os.path.exists(path):
+        return None
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        raise SarError("cannot read status file %s: %s" % (path, exc))
+
+
+def write_status(settings: dict, result: dict) -> str:
+    """Write <status_dir>/<job>.json (0644: monitoring reads it; it holds no
+    secret). Carries the last success over from the previous status."""
+    job = result["job"]
+    previous = None
+    try:
+        previous = read_status(settings, job)
+    except SarError:
+        previous = None
+    status = dict(result)
+    status["format"] = STATUS_FORMAT
+    if result.get("code") == "successful":
+        status["last_success"] = result.get("finished")
+    else:
+        status["last_success"] = (previous or {}).get("last_success")
+    path = status_path(settings, job)
+    if not os.path.isdir(settings["status_dir"]):
+        os.makedirs(settings["status_dir"], mode=0o755, exist_ok=True)
+    atomic_write_json(path, status, mode=0o644)
+    return path
+
+
+# -- monitoring -----------------------------------------------------------------
+CHECKMK_SECTION = "<<<starface_backups>>>"
+CHECKMK_PREFIX = "de.vertico.backup."
+TAGS = {"local": "[HDD]", "smb": "[SMB]", "sftp": "[SFTP]", "dropbox": "[DROPBOX]", "usb": "[USB]", "email": "[MAIL]"}
+
+
+def all_statuses(settings: dict, jobs: list) -> dict:
+    """job name -> status dict or None (never ran); unreadable files raise SarError."""
+    return {name: read_status(settings, name) for name in jobs}
+
+
+def checkmk_section(statuses: dict) -> str:
+    """The agent section third-party checks parse: one line per target of the
+    newest run of every job: `[TAG]location <start epoch ms> de.vertico.backup.<code>`."""
+    lines = [CHECKMK_SECTION]
+    for name in sorted(statuses):
+        status = statuses[name]
+        if not status:
+            continue
+        for target in status.get("targets", []):
+            tag = TAGS.get(target.get("type"), "[%s]" % str(target.get("type", "")).upper())
+            lines.append("%s%s %d %s%s" % (tag, target.get("location") or "", int(status.get("started_epoch_ms", 0)),
+                                           CHECKMK_PREFIX, target.get("code", "failed")))
+    return "\n".join(lines) + "\n"
+
+
+def _prom_label(value) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _epoch(iso_time):
+    if not iso_time:
+        return None
+    import datetime  # local: only the metrics need it
+    return datetime.datetime.fromisoformat(iso_time).timestamp()
+
+
+def prometheus_text(statuses: dict) -> str:
+    """Prometheus textfile-collector metrics for every job that ran."""
+    out = [
+        "# HELP sar_backup_last_success_timestamp_seconds End of the last successful run of the job.",
+        "# TYPE sar_backup_last_success_timestamp_seconds gauge",
+    ]
+    rows = {"success": [], "result": [], "bytes": [], "duration": [], "last": []}
+    for name in sorted(statuses):
+        status = statuses[name]
+        if not status:
+            continue
+        job = _prom_label(name)
+        success = _epoch(status.get("last_success"))
+        rows["success"].append('sar_backup_last_success_timestamp_seconds{job="%s"} %s' % (job, int(success) if success else 0))
+        rows["last"].append('sar_backup_last_run_timestamp_seconds{job="%s"} %d' % (job, int(_epoch(status.get("finished")) or 0)))
+        rows["duration"].append('sar_backup_duration_seconds{job="%s"} %s' % (job, status.get("duration", 0)))
+        size = (status.get("archive") or {}).get("size") or 0
+        rows["bytes"].append('sar_backup_archive_bytes{job="%s"} %d' % (job, size))
+        for target in status.get("targets", []):
+            rows["result"].append(
+                'sar_backup_last_run_result{job="%s",target="%s",type="%s",location="%s",code="%s"} %d'
+                % (job, target.get("index", 0), _prom_label(target.get("type", "")), _prom_label(target.get("location") or ""),
+                   _prom_label(target.get("code", "")), 1 if target.get("code") == "successful" else 0))
+    out += rows["success"]
+    out += ["# HELP sar_backup_last_run_result 1 when the target succeeded in the job's last run, else 0 (code says why).",
+            "# TYPE sar_backup_last_run_result gauge"] + rows["result"]
+    out += ["# HELP sar_backup_archive_bytes Size of the last run's archive.",
+            "# TYPE sar_backup_archive_bytes gauge"] + rows["bytes"]
+    out += ["# HELP sar_backup_duration_seconds Duration of the job's last run.",
+            "# TYPE sar_backup_duration_seconds gauge"] + rows["duration"]
+    out += ["# HELP sar_backup_last_run_timestamp_seconds End of the job's last run, whatever its result.",
+            "# TYPE sar_backup_last_run_timestamp_seconds gauge"] + rows["last"]
+    return "\n".join(out) + "\n"
+
+
+def write_metrics(settings: dict, jobs: list, metrics_path: str) -> None:
+    from .fsutil import atomic_write  # local import keeps the module graph flat
+    statuses = {}
+    for name in jobs:
+        try:
+            statuses[name] = read_status(settings, name)
+        except SarError:
+            statuses[name] = None
+    directory = os.path.dirname(metrics_path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    atomic_write(metrics_path, prometheus_text(statuses).encode("utf-8"), mode=0o644)
+
+
+NAGIOS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+
+def nagios_status(statuses: dict, warn: int, crit: int, now: float) -> tuple:
+    """(exit code, text) per SPEC section 9: 0 OK, 1 WARNING (last success older
+    than warn, or no run yet), 2 CRITICAL (last run failed, or last success older
+    than crit), 3 UNKNOWN."""
+    worst = 0
+    parts = []
+    perf = []
+    if not statuses:
+        return 3, "UNKNOWN - no backup jobs configured"
+    for name in sorted(statuses):
+        status = statuses[name]
+        if status is None:
+            worst = max(worst, 1)
+            parts.append("%s: no run yet" % name)
+            continue
+        success = _epoch(status.get("last_success"))
+        age = None if success is None else max(0, int(now - success))
+        if status.get("code") != "successful":
+            state, why = 2, "last run %s at %s" % (status.get("code"), status.get("finished"))
+        else:
+            state, why = 0, "last run successful"
+        if age is None:
+            state = max(state, 1)
+            why += ", never succeeded"
+        else:
+            if age > crit:
+                state = 2
+            elif age > warn:
+                state = max(state, 1)
+            why += ", last success %s ago" % _human(age)
+        worst = max(worst, state)
+        parts.append("%s: %s" % (name, why))
+        perf.append("'%s_age'=%ss;%d;%d;0" % (name, age if age is not None else "U", warn, crit))
+        perf.append("'%s_size'=%dB;;;0" % (name, (status.get("archive") or {}).get("size") or 0))
+        perf.append("'%s_duration'=%ss;;;0" % (name, status.get("duration", 0)))
+    return worst, "%s - %s | %s" % (NAGIOS[worst], "; ".join(parts), " ".join(perf))
+
+
+def _human(seconds: int) -> str:
+    if seconds >= 86400:
+        return "%dd%02dh" % (seconds // 86400, seconds % 86400 // 3600)
+    if seconds >= 3600:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    return "%dm%02ds" % (seconds // 60, seconds % 60)
+
+
+# -- report mails ------------------------------------------------------------------
+def wants_mail(job: dict, result: dict) -> bool:
+    """report_on: failure (default), always, never. A deferral is not mailed (the
+    final outcome is); a run that was not due is not a run."""
+    if not job.get("report_to") or job.get("report_on") == "never":
+        return False
+    if result.get("code") in ("deferred", "notDue"):
+        return False
+    return job.get("report_on") == "always" or result.get("code") != "successful"
+
+
+def _size(num) -> str:
+    if num is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1000 or unit == "GB":
+            return ("%d %s" % (num, unit)) if unit == "B" else ("%.1f %s" % (num, unit))
+        num /= 1000.0
+    return str(num)
+
+
+def report_text(result: dict) -> tuple:
+    """(subject, plain text, html) of a run report. Never holds a secret: the
+    result only carries masked locations and error messages."""
+    import html as html_mod  # local: only reports need it
+    ok = result.get("code") == "successful"
+    subject = "[sar-backup] %s on %s: %s" % (result["job"], result["host"], "successful" if ok else "FAILED (%s)" % result["code"])
+    archive = result.get("archive") or {}
+    lines = [
+        "Backup job:  %s" % result["job"],
+        "Host:        %s" % result["host"],
+        "Started:     %s" % result.get("started"),
+        "Finished:    %s" % result.get("finished"),
+        "Duration:    %ss" % result.get("duration"),
+        "Result:      %s" % result.get("code"),
+        "Archive:     %s (%s, sha256 %s)" % (archive.get("name") or "-", _size(archive.get("size")), archive.get("sha256") or "-"),
+    ]
+    if result.get("error"):
+        lines.append("Error:       %s" % result["error"])
+    lines.append("")
+    lines.append("Targets:")
+    rows = []
+    for t in result.get("targets", []):
+        lines.append("  %d. %-8s %-40s %-16s %s" % (t.get("index", 0) + 1, t.get("type"), t.get("location") or "",
+                                                    t.get("code"), t.get("error") or ""))
+        rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % tuple(
+            [t.get("index", 0) + 1] + [html_mod.escape(str(v)) for v in (
+                t.get("type"), t.get("location") or "", t.get("code"), _size(t.get("bytes")), t.get("error") or "")]))
+    text = "\n".join(lines) + "\n"
+    head = "".join("<tr><th align=left>%s</th><td>%s</td></tr>" % (html_mod.escape(k), html_mod.escape(str(v))) for k, v in (
+        ("Backup job", result["job"]), ("Host", result["host"]), ("Started", result.get("started")),
+        ("Duration", "%ss" % result.get("duration")), ("Result", result.get("code")),
+        ("Archive", "%s (%s)" % (archive.get("name") or "-", _size(archive.get("size")))),
+        ("Error", result.get("error") or "-")))
+    html = ("<html><body><h3>%s</h3><table>%s</table><h4>Targets</h4><table border=1 cellpadding=4>"
+            "<tr><th>#</th><th>Type</th><th>Location</th><th>Result</th><th>Bytes</th><th>Error</th></tr>%s</table>"
+            "</body></html>") % (html_mod.escape(subject), head, "".join(rows))
+    return subject, text, html
+
+
+def mail_report(settings: dict, job: dict, result: dict) -> None:
+    from . import mailer  # local: the mailer is only needed when a report goes out
+    subject, text, html = report_text(result)
+    smtp = settings.get("smtp") or {}
+    msg = mailer.build_message(smtp.get("from"), job["report_to"], subject, text, html=html)
+    mailer.send_message(smtp, msg)

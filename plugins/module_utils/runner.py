@@ -1,0 +1,344 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""One backup run (seed step 4): lock -> sources -> build the .sar in staging ->
+deliver to every target in parallel -> verify -> retention -> status -> clean up.
+
+The same code runs inside `sar.backup.sar_backup_run` and behind the
+`sar-backup run` command that timers call."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import errors, report, schedule, sources
+from .archive import ArchiveWriter
+from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
+from .fsutil import short_hostname
+from .lock import MaintenanceLock, acquire_scheduled
+from .store import effective_metrics_path
+from .targets import target_class
+from .targets.base import TargetContext
+
+VERSION = "0.1.0"
+FORMAT_VERSION = 1
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone().isoformat(timespec="seconds")
+
+
+def archive_name(job: str, host: str, moment: datetime.datetime) -> str:
+    """<job>_<host>_<YYYYMMDDTHHMMSSZ>.sar (UTC)."""
+    return "%s_%s_%s.sar" % (job, host, moment.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+
+
+class Run:
+    """Holds what one run needs; `execute()` or `dry_run()` returns the result dict."""
+
+    def __init__(self, job: dict, store, *, wait: float = 0, scheduled: bool = False,
+                 keep_archive: bool = False, log=None, describe_missing=None, now=None):
+        self.job = job
+        self.store = store
+        self.settings = store.settings()
+        self.wait = wait
+        self.scheduled = scheduled
+        self.keep_archive = keep_archive
+        self.log_func = log
+        # Adapters turn a missing library into their own wording (Ansible's).
+        self.describe_missing = describe_missing or (lambda exc: str(exc))
+        self.host = short_hostname()
+        self.started = now or _now()
+        self.targets = []
+
+    # -- helpers -----------------------------------------------------------
+    def log(self, msg: str) -> None:
+        if self.log_func:
+            self.log_func(msg)
+
+    def context(self, check_mode: bool = False) -> TargetContext:
+        return TargetContext(job=self.job["name"], host=self.host, config_dir=self.store.config_dir,
+                             settings=self.settings, log=self.log_func, check_mode=check_mode)
+
+    def target_entry(self, index: int, options: dict) -> dict:
+        entry = {"index": index, "type": options["type"], "location": None, "status": "failed",
+                 "code": errors.FAILED, "bytes": 0, "seconds": 0.0, "error": None, "pruned": []}
+        try:
+            target = target_class(options["type"])(options, self.context())
+            entry["location"] = target.location()
+            entry["tag"] = target.TAG
+        except Exception as exc:  # a broken target must not break the others
+            entry["error"] = str(exc)
+        return entry
+
+    def result(self, code: str, archive=None, targets=None, error=None, **extra) -> dict:
+        finished = _now()
+        res = {
+            "job": self.job["name"],
+            "host": self.host,
+            "started": _iso(self.started),
+            "started_epoch_ms": int(self.started.timestamp() * 1000),
+            "finished": _iso(finished),
+            "duration": round((finished - self.started).total_seconds(), 3),
+            "code": code,
+            "success": code == errors.SUCCESSFUL,
+            "archive": archive,
+            "targets": targets if targets is not None else [],
+            "error": error,
+        }
+        res.update(extra)
+        return res
+
+    def all_failed(self, code: str, message: str) -> list:
+        out = []
+        for index, options in enumerate(self.job["targets"]):
+            entry = self.target_entry(index, options)
+            entry.update(code=code, error=message, status="failed")
+            out.append(entry)
+        return out
+
+    def fail(self, exc: SarError, archive=None) -> dict:
+        res = self.result(exc.code, archive=archive, targets=self.all_failed(exc.code, str(exc)), error=str(exc))
+        self.finish(res)
+        return res
+
+    def finish(self, res: dict) -> None:
+        """Status file, metrics and the report mail after every real run; none of
+        them may turn a run's result into something else."""
+        warnings = res.setdefault("warnings", [])
+        try:
+            res["status_path"] = report.write_status(self.settings, res)
+        except OSError as exc:
+            warnings.append("could not write the status file: %s" % exc)
+        try:
+            jobs = sorted(set(self.store.job_names()) | {self.job["name"]})
+            report.write_metrics(self.settings, jobs, effective_metrics_path(self.settings))
+        except OSError as exc:
+            warnings.append("could not write the metrics file: %s" % exc)
+        if report.wants_mail(self.job, res):
+            try:
+                report.mail_report(self.settings, self.job, res)
+                res["report_sent"] = True
+            except SarError as exc:
+                warnings.append("could not mail the report to %s: %s" % (", ".join(self.job["report_to"]), exc))
+
+    # -- the run -------------------------------------------------------------
+    def execute(self) -> dict:
+        if self.scheduled and not schedule.is_due(self.job):
+            msg = "job %s is not due yet: its first start is %s" % (self.job["name"], self.job["start"])
+            self.log(msg)
+            return self.result(errors.NOT_DUE, error=msg, targets=[])
+        lock = MaintenanceLock(self.settings["lock_path"])
+        try:
+            if self.scheduled:
+                acquire_scheduled(lock, self.job["defer"], self.job["retries"], on_defer=self.on_defer)
+            else:
+                lock.acquire(wait=self.wait)
+        except LockBusy as exc:
+            return self.fail(exc)
+        try:
+            return self.locked_run()
+        finally:
+            lock.release()
+
+    def on_defer(self, attempt: int, retries: int, defer: int) -> None:
+        msg = ("maintenance lock taken (archiving or another backup): deferred %d/%d, next try in %ds"
+               % (attempt, retries, defer))
+        self.log(msg)
+        res = self.result(errors.DEFERRED, targets=self.all_failed(errors.DEFERRED, msg), error=msg)
+        self.finish(res)
+
+    def staging_root(self) -> str:
+        root = self.settings["staging_dir"]
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        return root
+
+    def locked_run(self) -> dict:
+        job = self.job
+        profile = self.settings["profile"]
+        try:
+            plan = sources.plan(job["data"], profile)
+            sources.check(plan, profile)
+            estimate = sources.estimate(plan, profile)
+            staging = self.staging_root()
+            free = shutil.disk_usage(staging).free
+            need = estimate + int(self.settings.get("min_free_space", 0))
+            if free < need:
+                raise SarError("staging directory %s has %d bytes free, the backup needs about %d"
+                               % (staging, free, need), errors.DISK_FULL)
+        except SarError as exc:
+            return self.fail(exc)
+        except OSError as exc:
+            return self.fail(SarError("staging directory: %s" % exc, errors.DISK_FULL))
+
+        workdir = tempfile.mkdtemp(prefix=".%s-" % job["name"], dir=staging)
+        name = archive_name(job["name"], self.host, self.started)
+        path = os.path.join(workdir, name)
+        try:
+            try:
+                self.log("dumping database and measuring file trees")
+                sources.prepare(plan, profile, workdir, log=self.log_func)
+                self.log("building %s" % name)
+                info = self.build(path, plan)
+            except SarError as exc:
+                return self.fail(exc)
+            except OSError as exc:
+                code = errors.DISK_FULL if exc.errno == 28 else errors.SOURCE_FAILED
+                return self.fail(SarError("building the archive failed: %s" % exc, code))
+            archive = {"name": name, "size": info["size"], "sha256": info["sha256"],
+                       "created": _iso(self.started), "path": None}
+            targets = self.deliver(path, archive)
+            local_copy = next((t.get("local_path") for t in targets if t.get("local_path") and t["status"] == "ok"), None)
+            if local_copy:
+                archive["path"] = local_copy
+            elif self.keep_archive:
+                kept = os.path.join(self.staging_root(), name)
+                os.replace(path, kept)
+                archive["path"] = kept
+                archive["temporary"] = True
+            for entry in targets:
+                entry.pop("local_path", None)
+            failed = [t for t in targets if t["status"] != "ok"]
+            code = failed[0]["code"] if failed else errors.SUCCESSFUL
+            error = None
+            if failed:
+                error = "; ".join("target %d (%s %s): %s" % (t["index"], t["type"], t["location"] or "", t["error"])
+                                  for t in failed)
+            res = self.result(code, archive=archive, targets=targets, error=error, sources=self.source_report(plan))
+            self.finish(res)
+            return res
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def source_report(self, plan) -> list:
+        return [{"category": s.category, "kind": s.kind, "origin": s.origin, "member": s.member,
+                 "size": s.size, "files": s.files} for s in plan]
+
+    def manifest(self, plan) -> dict:
+        job = self.job
+        enc = job.get("encryption")
+        return {
+            "format": FORMAT_VERSION,
+            "tool": "sar-backup %s" % VERSION,
+            "job": job["name"],
+            "host": self.host,
+            "created": _iso(self.started),
+            "categories": list(job["data"]),
+            "compression": job["compression"],
+            "encrypted": bool(enc),
+            "encryption": (None if not enc else ("passphrase" if enc.get("passphrase") else "recipients")),
+            "sources": self.source_report(plan),
+        }
+
+    def build(self, path: str, plan) -> dict:
+        writer = ArchiveWriter(path, compression=self.job["compression"], encryption=self.job.get("encryption"))
+        try:
+            writer.add_manifest(self.manifest(plan))
+            for src in plan:
+                if src.kind == "postgresql":
+                    writer.add_file(src.member, src.local_path)
+                    os.unlink(src.local_path)  # free staging space early
+                else:
+                    writer.add_tree(src.member, src.origin)
+            return writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def deliver_one(self, index: int, options: dict, path: str, archive: dict) -> dict:
+        entry = self.target_entry(index, options)
+        if entry["error"]:
+            return entry
+        begin = time.monotonic()
+        target = None
+        try:
+            target = target_class(options["type"])(options, self.context())
+            outcome = target.deliver(path, archive["name"], archive["size"], archive["sha256"])
+            entry.update(status="ok", code=errors.SUCCESSFUL, bytes=outcome.get("bytes", archive["size"]),
+                         pruned=outcome.get("pruned", []))
+            if hasattr(target, "local_path"):
+                entry["local_path"] = target.local_path(archive["name"])
+        except MissingLibrary as exc:
+            entry.update(code=exc.code, error=self.describe_missing(exc))
+        except SarError as exc:
+            entry.update(code=exc.code, error=str(exc))
+        except Exception as exc:  # pylint: disable=broad-except
+            entry.update(code=errors.FAILED, error="unexpected %s: %s" % (type(exc).__name__, exc))
+        entry["seconds"] = round(time.monotonic() - begin, 3)
+        self.log("target %d %s %s: %s%s" % (index, entry["type"], entry["location"], entry["code"],
+                                            (" (%s)" % entry["error"]) if entry["error"] else ""))
+        return entry
+
+    def deliver(self, path: str, archive: dict) -> list:
+        targets = self.job["targets"]
+        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+            futures = [pool.submit(self.deliver_one, i, opts, path, archive) for i, opts in enumerate(targets)]
+            return [f.result() for f in futures]
+
+    # -- check mode ----------------------------------------------------------
+    def dry_run(self) -> dict:
+        """Resolve sources, estimate the size, log in to every target; write nothing."""
+        job = self.job
+        profile = self.settings["profile"]
+        lock_free = True
+        lock = MaintenanceLock(self.settings["lock_path"])
+        try:
+            lock.acquire(wait=0)
+            lock.release()
+        except (LockBusy, OSError):
+            lock_free = False
+        try:
+            plan = sources.plan(job["data"], profile)
+            sources.check(plan, profile)
+            estimate = sources.estimate(plan, profile)
+        except SourceError as exc:
+            return self.result(exc.code, targets=self.all_failed(exc.code, str(exc)), error=str(exc),
+                               lock_free=lock_free)
+
+        def check_one(index, options):
+            entry = self.target_entry(index, options)
+            if entry["error"]:
+                return entry
+            begin = time.monotonic()
+            try:
+                target_class(options["type"])(options, self.context(check_mode=True)).check()
+                entry.update(status="ok", code=errors.SUCCESSFUL)
+            except MissingLibrary as exc:
+                entry.update(code=exc.code, error=self.describe_missing(exc))
+            except SarError as exc:
+                entry.update(code=exc.code, error=str(exc))
+            except Exception as exc:  # pylint: disable=broad-except
+                entry.update(code=errors.FAILED, error="unexpected %s: %s" % (type(exc).__name__, exc))
+            entry["seconds"] = round(time.monotonic() - begin, 3)
+            return entry
+
+        with ThreadPoolExecutor(max_workers=max(1, len(job["targets"]))) as pool:
+            entries = [f.result() for f in [pool.submit(check_one, i, o) for i, o in enumerate(job["targets"])]]
+        failed = [t for t in entries if t["status"] != "ok"]
+        code = failed[0]["code"] if failed else errors.SUCCESSFUL
+        name = archive_name(job["name"], self.host, self.started)
+        return self.result(code, targets=entries, archive={"name": name, "size": None, "sha256": None,
+                                                           "created": None, "path": None},
+                           estimated_size=estimate, lock_free=lock_free,
+                           error="; ".join("target %d: %s" % (t["index"], t["error"]) for t in failed) or None,
+                           sources=self.source_report(plan))
+
+
+def run_job(job: dict, store, **kwargs) -> dict:
+    return Run(job, store, **kwargs).execute()
+
+
+def dry_run_job(job: dict, store, **kwargs) -> dict:
+    return Run(job, store, **kwargs).dry_run()
+
+
+__all__ = ["Run", "run_job", "dry_run_job", "archive_name", "TargetError"]

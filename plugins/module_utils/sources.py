@@ -1,0 +1,500 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""Data categories -> sources, following the host's appliance profile (SPEC
+sections 3 and 9; docs/profile.md).
+
+A category becomes at most one PostgreSQL dump (made by the real `pg_dump`,
+custom format, so `pg_restore` can restore it selectively) and one file tree
+per profile path. `plan()` lists the sources, `check()` proves they can be
+read, `estimate()` sizes them, `prepare()` dumps the database into staging and
+measures the trees; the archive builder then streams them.
+
+The database password never appears in a command line or in PGPASSWORD: every
+client call gets a private, temporary password file (PGPASSFILE, mode 0600)
+that is removed as soon as the call returns."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import SourceError, ValidationError
+
+KIND_DB = "postgresql"
+KIND_FILES = "files"
+CATEGORY_NAMES = ("core", "cdr_voicemail", "announcements")
+
+# pg_dump -t/-T select these relation kinds (tables, sequences, views,
+# materialized views, foreign tables, partitioned tables).
+_PG_DUMP_RELKINDS = "('r', 'S', 'v', 'm', 'f', 'p')"
+# Bytes a tar member costs beyond its data (header, padding, a pax header for long names):
+# keeps estimate() an upper bound for the staging space check.
+_TAR_OVERHEAD = 1536
+_CONNECT_TIMEOUT = "10"
+_ERROR_LINES = 5
+
+
+@dataclass
+class Source:
+    """One thing a category backs up: a database dump or a file tree."""
+
+    category: str
+    kind: str                       # "postgresql" | "files"
+    origin: str                     # the tree's absolute path, or the database (never its password)
+    member: str                     # where it goes in the archive
+    tables: list = field(default_factory=list)
+    exclude_tables: list = field(default_factory=list)
+    size: int | None = None         # bytes, after prepare()
+    files: int | None = None        # regular files and links in a tree (1 for a dump), after prepare()
+    local_path: str | None = None   # the dump file in staging, after prepare()
+
+
+# -- plan -----------------------------------------------------------------------
+def database_origin(profile: dict, tables: list | None = None, exclude_tables: list | None = None) -> str:
+    """postgresql://user@host:port/name[?tables=a,b | ?exclude_tables=a,b] — no password."""
+    db = profile.get("database") or {}
+    text = "postgresql://%s@%s:%s/%s" % (db.get("user") or "", db.get("host") or "", db.get("port") or "", db.get("name") or "")
+    if tables:
+        text += "?tables=" + ",".join(tables)
+    elif exclude_tables:
+        text += "?exclude_tables=" + ",".join(exclude_tables)
+    return text
+
+
+def plan(data: list, profile: dict) -> list:
+    """The sources of the selected categories, in the order given.
+
+    Per category: a database dump when it has `tables` (only those) or
+    `exclude_tables` (the whole database but those), none with neither; then one
+    tree per path, `files/<category>/<index of the path in paths>`."""
+    categories = profile.get("categories") or {}
+    out = []
+    seen = set()
+    for i, cat in enumerate(data):
+        if cat not in CATEGORY_NAMES:
+            raise ValidationError("data[%d]" % i, "must be one of %s, got %r" % (", ".join(CATEGORY_NAMES), cat))
+        if cat in seen:
+            continue
+        seen.add(cat)
+        spec = categories.get(cat) or {}
+        tables = list(spec.get("tables") or [])
+        exclude = list(spec.get("exclude_tables") or [])
+        if tables and exclude:
+            raise ValidationError("profile.categories.%s.exclude_tables" % cat, "give tables or exclude_tables, not both")
+        if tables or exclude:
+            out.append(Source(category=cat, kind=KIND_DB, origin=database_origin(profile, tables, exclude),
+                              member="db/%s.pgdump" % cat, tables=tables, exclude_tables=exclude))
+        for index, path in enumerate(spec.get("paths") or []):
+            out.append(Source(category=cat, kind=KIND_FILES, origin=os.path.normpath(path),
+                              member="files/%s/%d" % (cat, index)))
+    return out
+
+
+# -- PostgreSQL clients -----------------------------------------------------------
+def _db(profile: dict) -> dict:
+    return profile.get("database") or {}
+
+
+def _where(profile: dict) -> str:
+    db = _db(profile)
+    return "%s:%s" % (db.get("host") or "the default socket", db.get("port") or 5432)
+
+
+def find_tool(name: str, profile: dict) -> str:
+    """A PostgreSQL client program: profile.database.pg_bin_dir if set, else PATH,
+    else the newest /usr/lib/postgresql/<version>/bin (Debian layout)."""
+    bin_dir = _db(profile).get("pg_bin_dir")
+    if bin_dir:
+        path = os.path.join(bin_dir, name)
+        if os.access(path, os.X_OK):
+            return path
+        raise SourceError("PostgreSQL client %s not found in profile.database.pg_bin_dir (%s)" % (name, bin_dir))
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = [p for p in glob.glob("/usr/lib/postgresql/*/bin/%s" % name) if os.access(p, os.X_OK)]
+    if candidates:
+        return max(candidates, key=lambda p: _version_key(p.split("/")[-3]))
+    raise SourceError("PostgreSQL client %s not found (PATH, /usr/lib/postgresql/*/bin): install the PostgreSQL "
+                      "client tools or set profile.database.pg_bin_dir" % name)
+
+
+def _version_key(text: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in text.split("."))
+
+
+def _pgpass_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextmanager
+def _client_env(profile: dict, directory: str | None = None):
+    """Environment for one client call: the password in a private PGPASSFILE
+    (created 0600 in `directory`, or a private temp dir), removed afterwards."""
+    env = dict(os.environ)
+    env.setdefault("PGCONNECT_TIMEOUT", _CONNECT_TIMEOUT)
+    password = _db(profile).get("password")
+    if not password:
+        yield env
+        return
+    if "\n" in password or "\r" in password:
+        raise SourceError("profile.database.password contains a line break, which a PostgreSQL password file cannot hold")
+    env.pop("PGPASSWORD", None)  # it would win over our password file
+    own_dir = None
+    if directory is None:
+        own_dir = directory = tempfile.mkdtemp(prefix="sar-backup-pg-")
+    fd, path = tempfile.mkstemp(prefix=".pgpass-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write("*:*:*:*:%s\n" % _pgpass_escape(password))
+        env["PGPASSFILE"] = path
+        yield env
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _conn_args(profile: dict) -> list:
+    db = _db(profile)
+    args = ["--no-password"]
+    if db.get("host"):
+        args += ["-h", str(db["host"])]
+    if db.get("port"):
+        args += ["-p", str(db["port"])]
+    if db.get("user"):
+        args += ["-U", str(db["user"])]
+    args += ["-d", str(db.get("name") or "postgres")]
+    return args
+
+
+def _first_lines(text: str, count: int = _ERROR_LINES) -> str:
+    lines = [ln.rstrip() for ln in (text or "").splitlines() if ln.strip()]
+    return " / ".join(lines[:count]) or "no error output"
+
+
+def _strip_prefix(line: str, tool: str) -> str:
+    prefix = "%s: error: " % tool
+    return line[len(prefix):] if line.startswith(prefix) else line
+
+
+def _run(argv: list, env: dict, input_text: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, input=input_text, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=timeout, check=False,
+                              stdin=None if input_text is not None else subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise SourceError("%s did not answer within %d seconds" % (os.path.basename(argv[0]), timeout or 0))
+    except OSError as exc:
+        raise SourceError("cannot run %s: %s" % (argv[0], exc))
+
+
+def psql(profile: dict, sql: str, category: str = "", timeout: float = 120) -> str:
+    """Run SQL through `psql` with the profile's connection; stdout, records NUL-separated."""
+    argv = [find_tool("psql", profile), "-X", "-q", "-A", "-t", "-0", "-v", "ON_ERROR_STOP=1"] + _conn_args(profile) + ["-f", "-"]
+    with _client_env(profile) as env:
+        proc = _run(argv, env, input_text=sql, timeout=timeout)
+    if proc.returncode != 0:
+        raise SourceError("%spsql on database %r at %s as %r failed: %s"
+                          % ("%s: " % category if category else "", _db(profile).get("name"), _where(profile),
+                             _db(profile).get("user"), _strip_prefix(_first_lines(proc.stderr), "psql")))
+    return proc.stdout
+
+
+# -- table patterns -----------------------------------------------------------------
+def _pattern_parts(pattern: str) -> list:
+    """pg_dump/psql pattern -> anchored POSIX regexes, one per dotted part
+    (a port of psql's patternToSQLRegex as pg_dump calls it: no forced escaping)."""
+    parts = [["^("]]
+    inquotes = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        nxt = pattern[i + 1] if i + 1 < len(pattern) else ""
+        cur = parts[-1]
+        if ch == '"':
+            if inquotes and nxt == '"':
+                cur.append('"')
+                i += 1
+            else:
+                inquotes = not inquotes
+        elif not inquotes and "A" <= ch <= "Z":
+            cur.append(ch.lower())
+        elif not inquotes and ch == "*":
+            cur.append(".*")
+        elif not inquotes and ch == "?":
+            cur.append(".")
+        elif not inquotes and ch == ".":
+            cur.append(")$")
+            parts.append(["^("])
+        elif ch == "$":
+            cur.append("\\$")  # allowed in identifiers; anchoring makes its regex meaning useless
+        else:
+            if inquotes and ch in "|*+?()[]{}.^$\\":
+                cur.append("\\")
+            elif ch == "[" and nxt == "]":
+                cur.append("\\")
+            cur.append(ch)
+        i += 1
+    parts[-1].append(")$")
+    return ["".join(p) for p in parts]
+
+
+def _sql_literal(text: str) -> str:
+    # E'' syntax: correct whatever standard_conforming_strings says.
+    return "E'%s'" % text.replace("\\", "\\\\").replace("'", "''")
+
+
+def pattern_condition(pattern: str, profile: dict, category: str = "") -> str:
+    """SQL condition on pg_class c / pg_namespace n selecting what pg_dump -t PATTERN selects."""
+    parts = _pattern_parts(pattern)
+    who = ("%s: " % category) if category else ""
+    if len(parts) > 3:
+        raise SourceError("%stable pattern %r has too many dotted names (at most database.schema.table)" % (who, pattern))
+    if len(parts) == 3:
+        dbname = parts[0][2:-2].replace("\\", "")
+        if dbname != (_db(profile).get("name") or ""):
+            raise SourceError("%stable pattern %r names database %r, but the profile dumps %r (pg_dump cannot "
+                              "reach across databases)" % (who, pattern, dbname, _db(profile).get("name")))
+        parts = parts[1:]
+    conds = []
+    name = parts[-1]
+    if name != "^(.*)$":
+        conds.append("c.relname OPERATOR(pg_catalog.~) %s COLLATE pg_catalog.default" % _sql_literal(name))
+    if len(parts) == 2:
+        if parts[0] != "^(.*)$":
+            conds.append("n.nspname OPERATOR(pg_catalog.~) %s COLLATE pg_catalog.default" % _sql_literal(parts[0]))
+    else:
+        conds.append("pg_catalog.pg_table_is_visible(c.oid)")  # unqualified: what the search_path sees
+    return "(%s)" % " AND ".join(conds or ["true"])
+
+
+def _any_pattern(patterns: list, profile: dict, category: str) -> str:
+    return "(%s)" % " OR ".join(pattern_condition(p, profile, category) for p in patterns)
+
+
+def _selection(source: Source, profile: dict) -> str:
+    """SQL condition (on pg_class c, pg_namespace n) for the relations a dump holds."""
+    if source.tables:
+        return _any_pattern(source.tables, profile, source.category)
+    cond = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'"
+    if source.exclude_tables:
+        cond += " AND NOT %s" % _any_pattern(source.exclude_tables, profile, source.category)
+    return cond
+
+
+def relations(source: Source, profile: dict) -> list:
+    """schema.name of every relation the source's dump holds (its tables, or every
+    user relation but the excluded ones), as pg_dump would select them."""
+    sql = ("SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
+           "LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+           "WHERE c.relkind IN %s AND %s ORDER BY 1;" % (_PG_DUMP_RELKINDS, _selection(source, profile)))
+    return [r for r in _records(psql(profile, sql, source.category)) if r]
+
+
+def _records(out: str) -> list:
+    return [r.strip("\n") for r in out.split("\0")]
+
+
+# -- check ----------------------------------------------------------------------
+def check(sources: list, profile: dict) -> None:
+    """Raise SourceError naming the first source that cannot be read."""
+    for src in sources:
+        if src.kind == KIND_FILES:
+            _check_path(src)
+    db_sources = [s for s in sources if s.kind == KIND_DB]
+    if not db_sources:
+        return
+    first = db_sources[0]
+    for tool in ("pg_dump", "psql"):
+        try:
+            find_tool(tool, profile)
+        except SourceError as exc:
+            raise SourceError("%s: %s" % (first.category, exc))
+    _check_connect(first.category, profile)
+    for src in db_sources:
+        for pattern in src.tables + src.exclude_tables:
+            pattern_condition(pattern, profile, src.category)
+
+
+def _check_path(src: Source) -> None:
+    path = src.origin
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SourceError("%s: source path %s does not exist" % (src.category, path))
+    except OSError as exc:
+        raise SourceError("%s: source path %s cannot be read: %s" % (src.category, path, exc.strerror or exc))
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError("%s: source path %s is not a directory (profile paths are directory trees)" % (src.category, path))
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise SourceError("%s: source path %s is not readable (permission denied)" % (src.category, path))
+    try:
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise SourceError("%s: source path %s is not readable: %s" % (src.category, path, exc.strerror or exc))
+
+
+def _check_connect(category: str, profile: dict) -> None:
+    db = _db(profile)
+    argv = [find_tool("psql", profile), "-X", "-A", "-t"] + _conn_args(profile) + ["-c", "select 1"]
+    with _client_env(profile) as env:
+        proc = _run(argv, env, timeout=60)
+    if proc.returncode != 0 or proc.stdout.strip() != "1":
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        reason = _strip_prefix(lines[0].strip(), "psql") if lines else "psql exited with %d" % proc.returncode
+        raise SourceError("%s: cannot connect to PostgreSQL database %r at %s as %r: %s"
+                          % (category, db.get("name"), _where(profile), db.get("user"), reason))
+
+
+# -- sizes ------------------------------------------------------------------------
+def measure_tree(path: str, category: str = "") -> tuple:
+    """(bytes, files, directories) below `path`: lstat sizes of everything that is
+    not a directory (files, symlinks, ...); symlinks are counted, never followed."""
+    total = files = dirs = 0
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # vanished while we looked: nothing to back up
+                    if stat.S_ISDIR(st.st_mode):
+                        dirs += 1
+                        stack.append(entry.path)
+                    else:
+                        files += 1
+                        total += st.st_size
+        except FileNotFoundError:
+            if current == path:
+                raise SourceError("%s: source path %s does not exist" % (category, path))
+        except OSError as exc:
+            raise SourceError("%s: cannot read %s: %s" % (category, current, exc.strerror or exc))
+    return total, files, dirs
+
+
+def database_size(source: Source, profile: dict) -> int:
+    """Upper bound of a dump's size: pg_total_relation_size (data, TOAST, indexes)
+    of the relations it holds, plus large objects for a whole-database dump."""
+    extra = "0" if source.tables else "pg_catalog.pg_total_relation_size('pg_catalog.pg_largeobject')"
+    sql = ("SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0) + %s FROM pg_catalog.pg_class c "
+           "LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+           "WHERE c.relkind IN %s AND %s;" % (extra, _PG_DUMP_RELKINDS, _selection(source, profile)))
+    out = _records(psql(profile, sql, source.category))
+    try:
+        return int(out[0])
+    except (IndexError, ValueError):
+        raise SourceError("%s: unexpected answer from PostgreSQL while sizing the dump: %r" % (source.category, out[:1]))
+
+
+def estimate(sources: list, profile: dict) -> int:
+    """Bytes the archive's contents may take in staging (an upper bound)."""
+    total = 0
+    for src in sources:
+        if src.kind == KIND_DB:
+            total += database_size(src, profile) + _TAR_OVERHEAD
+        else:
+            size, files, dirs = measure_tree(src.origin, src.category)
+            total += size + (files + dirs + 1) * _TAR_OVERHEAD
+    return total
+
+
+# -- dump and restore -----------------------------------------------------------------
+def dump_argv(source: Source, profile: dict, dest_path: str, empty: bool = False) -> list:
+    """The pg_dump command line (no password in it, ever)."""
+    argv = [find_tool("pg_dump", profile), "-Fc", "-Z0"] + _conn_args(profile) + ["-f", dest_path]
+    if empty:
+        # pg_dump fails when no table matches its -t patterns ("no matching tables were
+        # found"). A category whose tables do not exist (yet) still gets a real, valid
+        # dump that restores nothing: the data of a view has nothing in it.
+        return argv + ["--data-only", "-t", "pg_catalog.pg_tables"]
+    for pattern in source.tables:
+        argv += ["-t", pattern]
+    for pattern in source.exclude_tables:
+        argv += ["-T", pattern]
+    return argv
+
+
+def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
+    """Dump a postgresql source with the real pg_dump into dest_path (0600); its size.
+
+    Without --strict-names, a -t pattern that matches nothing is fine as long as
+    another one matches; when none does, the dump is empty (and logged)."""
+    if source.kind != KIND_DB:
+        raise SourceError("%s: %s is not a database source" % (source.category, source.member))
+    db = _db(profile)
+    empty = False
+    if source.tables and not relations(source, profile):
+        empty = True
+        if log:
+            log("%s: no table in database %r matches %s: its dump is empty"
+                % (source.category, db.get("name"), ", ".join(source.tables)))
+    directory = os.path.dirname(os.path.abspath(dest_path))
+    argv = dump_argv(source, profile, dest_path, empty=empty)
+    fd = os.open(dest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    ok = False
+    try:
+        with _client_env(profile, directory) as env:
+            proc = _run(argv, env)
+        if proc.returncode != 0:
+            raise SourceError("%s: pg_dump of database %r at %s as %r failed (exit %d): %s"
+                              % (source.category, db.get("name"), _where(profile), db.get("user"),
+                                 proc.returncode, _first_lines(proc.stderr)))
+        size = os.path.getsize(dest_path)
+        ok = True
+        return size
+    finally:
+        if not ok:
+            try:
+                os.unlink(dest_path)
+            except OSError:
+                pass
+
+
+def restore_dump(dump_path: str, profile: dict, log=None) -> None:
+    """Restore a dump made by dump() into the profile's database, all or nothing:
+    pg_restore --clean --if-exists --single-transaction --no-owner."""
+    db = _db(profile)
+    argv = [find_tool("pg_restore", profile), "--clean", "--if-exists", "--single-transaction", "--no-owner"]
+    argv += _conn_args(profile) + [dump_path]
+    if log:
+        log("restoring %s into database %r at %s" % (os.path.basename(dump_path), db.get("name"), _where(profile)))
+    with _client_env(profile) as env:
+        proc = _run(argv, env)
+    if proc.returncode != 0:
+        raise SourceError("pg_restore of %s into database %r at %s as %r failed (exit %d): %s"
+                          % (os.path.basename(dump_path), db.get("name"), _where(profile), db.get("user"),
+                             proc.returncode, _first_lines(proc.stderr)))
+
+
+def prepare(sources: list, profile: dict, staging_dir: str, log=None) -> None:
+    """Dump every database source into staging_dir and measure every tree."""
+    for src in sources:
+        if src.kind == KIND_DB:
+            dest = os.path.join(staging_dir, "%s.pgdump" % src.category)
+            if log:
+                log("%s: pg_dump %s" % (src.category, src.origin))
+            src.size = dump(src, profile, dest, log=log)
+            src.files = 1
+            src.local_path = dest
+        else:
+            src.size, src.files, _dirs = measure_tree(src.origin, src.category)

@@ -1,0 +1,124 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""`local`: the appliance's own disk (seed: "Disque dur serveur")."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+
+from .. import errors
+from ..errors import TargetError
+from ..fsutil import fsync_dir
+from .base import CHUNK, RemoteFile, Target, job_dir, partial_name
+
+
+def copy_atomic(src_path: str, dest_dir: str, name: str, where: str) -> None:
+    """Copy src to dest_dir/name through a partial name: fsync, rename, fsync
+    the folder. A failure removes the partial and leaves earlier files alone."""
+    partial = os.path.join(dest_dir, partial_name(name))
+    try:
+        with open(src_path, "rb") as src, open(partial, "wb") as dst:
+            os.fchmod(dst.fileno(), 0o600)
+            while True:
+                chunk = src.read(CHUNK)
+                if not chunk:
+                    break
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(partial, os.path.join(dest_dir, name))
+        fsync_dir(dest_dir)
+    except OSError as exc:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise os_error(exc, where)
+
+
+def os_error(exc: OSError, where: str) -> TargetError:
+    """Map an OSError on a filesystem target to a result code."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return TargetError("%s: no space left (%s)" % (where, exc.strerror), errors.DISK_FULL)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return TargetError("%s: permission denied (%s)" % (where, exc.strerror), errors.FAILED)
+    return TargetError("%s: %s" % (where, exc), errors.FAILED)
+
+
+class LocalTarget(Target):
+    TYPE = "local"
+    TAG = "[HDD]"
+
+    @property
+    def base(self) -> str:
+        return self.options.get("path") or self.ctx.settings.get("archive_dir") or "/var/lib/sar-backup/archives"
+
+    @property
+    def folder(self) -> str:
+        return job_dir(self.base, self.ctx.job)
+
+    def location(self) -> str:
+        return self.base
+
+    def ensure_dir(self) -> None:
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, self.folder)
+
+    def put(self, src_path: str, name: str, size: int) -> None:
+        copy_atomic(src_path, self.folder, name, self.folder)
+
+    def listdir(self) -> list:
+        try:
+            entries = list(os.scandir(self.folder))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise os_error(exc, self.folder)
+        out = []
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                out.append(RemoteFile(entry.name, stat.st_size, stat.st_mtime))
+        return out
+
+    def remove(self, name: str) -> None:
+        try:
+            os.unlink(os.path.join(self.folder, name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise os_error(exc, self.folder)
+
+    def open_read(self, name: str):
+        return open(os.path.join(self.folder, name), "rb")
+
+    def local_path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def probe_write(self) -> None:
+        # The folder may not exist yet: probe the nearest existing ancestor.
+        probe_dir = self.folder
+        while not os.path.isdir(probe_dir):
+            parent = os.path.dirname(probe_dir)
+            if parent == probe_dir:
+                break
+            probe_dir = parent
+        probe = os.path.join(probe_dir, ".sar-backup-probe-%s" % uuid.uuid4().hex)
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"probe")
+        except OSError as exc:
+            raise os_error(exc, probe_dir)
+        finally:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+
+
+TARGET = LocalTarget

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Fast unit-test loop without ansible-test: the working tree is made importable
+# as ansible_collections.sar.backup through a symlink in a temp dir.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+farm="${TMPDIR:-/tmp}/sar-backup-pytest-$(id -u)"
+mkdir -p "$farm/ansible_collections/sar"
+ln -sfn "$root" "$farm/ansible_collections/sar/backup"
+cd "$root"
+PYTHONPATH="$farm${PYTHONPATH:+:$PYTHONPATH}" exec "$root/.venv/bin/python" -m pytest -p no:cacheprovider -q "${@:-tests/unit}"
