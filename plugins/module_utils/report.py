@@ -249,5 +249,5 @@ def mail_report(settings: dict, job: dict, result: dict) -> None:
     from . import mailer  # local: the mailer is only needed when a report goes out
     subject, text, html = report_text(result)
     smtp = settings.get("smtp") or {}
-    msg = mailer.build_message(smtp.get("from"), job["report_to"], subject, text, html=html)
+    msg = mailer.build_message(mailer.sender_of(smtp), job["report_to"], subject, text, html=html)
     mailer.send_message(smtp, msg)

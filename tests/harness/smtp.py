@@ -8,8 +8,8 @@
 Modes: "plain" (no TLS), "starttls" (STARTTLS offered and required before
 MAIL), "tls" (implicit TLS on connect). TLS uses a self-signed certificate
 made with openssl in `tmp_dir` (subjectAltName DNS:localhost,IP:127.0.0.1 by
-default; `san=` changes it). With `username`, AUTH PLAIN/LOGIN is offered
-(and required); in starttls mode only after STARTTLS.
+default; `san=` changes it). With `username`, AUTH PLAIN/LOGIN is offered;
+in starttls mode only after STARTTLS, and then it is required before MAIL.
 
 Knobs (attributes of `server.handler`, may be changed while running):
 `reject_rcpt` (True or a set of addresses) answers RCPT with 550,
@@ -158,7 +158,7 @@ class SmtpServer:
               and auth_data.login == (self.username or "").encode()
               and auth_data.password == (self.password or "").encode())
         self.handler._note("AUTH ok" if ok else "AUTH failed")  # pylint: disable=protected-access
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd sends 235/535
 
     def start(self) -> "SmtpServer":
         kwargs = {}
@@ -173,10 +173,11 @@ class SmtpServer:
                 kwargs["require_starttls"] = True
         if self.username is not None:
             kwargs["authenticator"] = self._authenticate
-            kwargs["auth_required"] = True
             # aiosmtpd counts only STARTTLS as TLS: implicit TLS and the plain
-            # mode must allow AUTH without it.
+            # mode must offer AUTH without it, and then aiosmtpd warns about
+            # requiring AUTH, so it is only required (before MAIL) in starttls mode.
             kwargs["auth_require_tls"] = self.mode == "starttls"
+            kwargs["auth_required"] = self.mode == "starttls"
         self.controller = _Controller(self.handler, hostname="127.0.0.1", port=0,
                                       server_hostname="sar-backup-test", **kwargs)
         self.controller.start()
