@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import SourceError, ValidationError
+from .job import CATEGORIES
 
 KIND_DB = "postgresql"
 KIND_FILES = "files"
-CATEGORY_NAMES = ("core", "cdr_voicemail", "announcements")
 
 # pg_dump -t/-T select these relation kinds (tables, sequences, views,
 # materialized views, foreign tables, partitioned tables).
@@ -78,8 +78,8 @@ def plan(data: list, profile: dict) -> list:
     out = []
     seen = set()
     for i, cat in enumerate(data):
-        if cat not in CATEGORY_NAMES:
-            raise ValidationError("data[%d]" % i, "must be one of %s, got %r" % (", ".join(CATEGORY_NAMES), cat))
+        if cat not in CATEGORIES:
+            raise ValidationError("data[%d]" % i, "must be one of %s, got %r" % (", ".join(CATEGORIES), cat))
         if cat in seen:
             continue
         seen.add(cat)
@@ -192,7 +192,7 @@ def _strip_prefix(line: str, tool: str) -> str:
 def _run(argv: list, env: dict, input_text: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(argv, input=input_text, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env, timeout=timeout, check=False,
+                              text=True, errors="replace", env=env, timeout=timeout, check=False,
                               stdin=None if input_text is not None else subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise SourceError("%s did not answer within %d seconds" % (os.path.basename(argv[0]), timeout or 0))
@@ -294,12 +294,29 @@ def _selection(source: Source, profile: dict) -> str:
     return cond
 
 
+def _selected_oids(source: Source, profile: dict) -> str:
+    """SELECT of the pg_class oids a dump holds: what the patterns select, plus the
+    sequences owned by a selected table (pg_dump dumps those with their table;
+    an identity sequence only with its table)."""
+    chosen = ("SELECT c.oid FROM pg_catalog.pg_class c "
+              "LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+              "WHERE c.relkind IN %s AND %s" % (_PG_DUMP_RELKINDS, _selection(source, profile)))
+    owned = ("SELECT d.objid FROM pg_catalog.pg_depend d "
+             "WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+             "AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i') "
+             "AND d.objsubid = 0 AND d.refobjsubid <> 0")
+    return ("SELECT s.oid FROM pg_catalog.pg_class s WHERE "
+            "(s.oid IN (%(chosen)s) AND s.oid NOT IN (%(owned)s AND d.deptype = 'i' AND d.refobjid NOT IN (%(chosen)s))) "
+            "OR (s.relkind = 'S' AND s.oid IN (%(owned)s AND d.refobjid IN (%(chosen)s)))"
+            % {"chosen": chosen, "owned": owned})
+
+
 def relations(source: Source, profile: dict) -> list:
     """schema.name of every relation the source's dump holds (its tables, or every
-    user relation but the excluded ones), as pg_dump would select them."""
+    user relation but the excluded ones), as pg_dump selects them."""
     sql = ("SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
            "LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-           "WHERE c.relkind IN %s AND %s ORDER BY 1;" % (_PG_DUMP_RELKINDS, _selection(source, profile)))
+           "WHERE c.oid IN (%s) ORDER BY 1;" % _selected_oids(source, profile))
     return [r for r in _records(psql(profile, sql, source.category)) if r]
 
 
@@ -393,8 +410,7 @@ def database_size(source: Source, profile: dict) -> int:
     of the relations it holds, plus large objects for a whole-database dump."""
     extra = "0" if source.tables else "pg_catalog.pg_total_relation_size('pg_catalog.pg_largeobject')"
     sql = ("SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0) + %s FROM pg_catalog.pg_class c "
-           "LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-           "WHERE c.relkind IN %s AND %s;" % (extra, _PG_DUMP_RELKINDS, _selection(source, profile)))
+           "WHERE c.oid IN (%s);" % (extra, _selected_oids(source, profile)))
     out = _records(psql(profile, sql, source.category))
     try:
         return int(out[0])
@@ -433,19 +449,14 @@ def dump_argv(source: Source, profile: dict, dest_path: str, empty: bool = False
 def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
     """Dump a postgresql source with the real pg_dump into dest_path (0600); its size.
 
-    Without --strict-names, a -t pattern that matches nothing is fine as long as
-    another one matches; when none does, the dump is empty (and logged)."""
+    pg_dump runs without --strict-names: a -t pattern that matches nothing is fine
+    as long as another one matches. When none matches, pg_dump refuses ("no matching
+    tables were found"); the category's dump is then a valid, empty archive (logged),
+    so a category whose tables do not exist yet still backs up its files."""
     if source.kind != KIND_DB:
         raise SourceError("%s: %s is not a database source" % (source.category, source.member))
     db = _db(profile)
-    empty = False
-    if source.tables and not relations(source, profile):
-        empty = True
-        if log:
-            log("%s: no table in database %r matches %s: its dump is empty"
-                % (source.category, db.get("name"), ", ".join(source.tables)))
     directory = os.path.dirname(os.path.abspath(dest_path))
-    argv = dump_argv(source, profile, dest_path, empty=empty)
     fd = os.open(dest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
@@ -454,7 +465,12 @@ def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
     ok = False
     try:
         with _client_env(profile, directory) as env:
-            proc = _run(argv, env)
+            proc = _run(dump_argv(source, profile, dest_path), env)
+            if proc.returncode != 0 and source.tables and "no matching tables were found" in proc.stderr:
+                if log:
+                    log("%s: no table in database %r matches %s: its dump is empty"
+                        % (source.category, db.get("name"), ", ".join(source.tables)))
+                proc = _run(dump_argv(source, profile, dest_path, empty=True), env)
         if proc.returncode != 0:
             raise SourceError("%s: pg_dump of database %r at %s as %r failed (exit %d): %s"
                               % (source.category, db.get("name"), _where(profile), db.get("user"),

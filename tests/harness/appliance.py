@@ -175,7 +175,7 @@ ANNOUNCEMENTS = ("welcome.wav", "closed.wav", "queue-wait.wav", "holiday.wav")
 
 def wav_bytes(rng: random.Random, seconds: float = 1.0, rate: int = 8000) -> bytes:
     """A valid PCM WAV header followed by noise (8 kHz mono 16 bit)."""
-    data = bytes(rng.getrandbits(8) for _ in range(int(seconds * rate) * 2))
+    data = rng.randbytes(int(seconds * rate) * 2)
     header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE"
     header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
     return header + b"data" + struct.pack("<I", len(data)) + data
@@ -197,7 +197,7 @@ def add_voicemail(root_dir: str, ext: str, seed: int | None = None, seconds: flo
     inbox = voicemail_dir(root_dir, ext)
     os.makedirs(inbox, exist_ok=True)
     number = len([n for n in os.listdir(inbox) if n.endswith(".wav")])
-    rng = random.Random(seed if seed is not None else hash((ext, number)))
+    rng = random.Random(seed if seed is not None else "%s-%d" % (ext, number))
     base = os.path.join(inbox, "msg%04d" % number)
     _write(base + ".wav", wav_bytes(rng, seconds), 0o640)
     _write(base + ".txt", "[message]\norigmailbox=%s\ncallerid=\"Anrufer %d\" <+4930%04d>\nduration=%d\n"
@@ -261,8 +261,10 @@ def add_rows(cluster, table: str, count: int = 1, db: str = DATABASE) -> None:
 
 
 def table_rows(cluster, table: str, db: str = DATABASE) -> list:
-    """Every row of `table` as a dict (bytea as '\\x..' hex), in a stable order."""
-    out = cluster.psql("SELECT row_to_json(t)::text FROM %s AS t ORDER BY 1" % table, db=db)
+    """Every row of `table` ("name" or "schema.name", exact case) as a dict (bytea as
+    '\\x..' hex), in a stable order."""
+    quoted = ".".join('"%s"' % part.replace('"', '""') for part in table.split("."))
+    out = cluster.psql("SELECT row_to_json(t)::text FROM %s AS t ORDER BY 1" % quoted, db=db)
     return [json.loads(line) for line in out.splitlines() if line]
 
 

@@ -112,7 +112,7 @@ class PostgresCluster:
         try:
             self._initdb()
             last = ""
-            for _ in range(attempts):
+            for attempt in range(1, attempts + 1):
                 self.port = free_port()
                 proc = self._run_server_tool([
                     self.tool("pg_ctl"), "start", "-w", "-t", "60", "-D", self.data_dir,
@@ -122,7 +122,7 @@ class PostgresCluster:
                 if proc.returncode == 0:
                     self.running = True
                     break
-                last = proc.stdout + self.server_log()
+                last = "attempt %d, port %d:\n%s%s" % (attempt, self.port, proc.stdout, self.server_log())
                 time.sleep(0.2)  # another process took the port between probe and bind: try another
             if not self.running:
                 raise RuntimeError("PostgreSQL did not start:\n%s" % last[-3000:])

@@ -14,3 +14,56 @@ sys.path.insert(0, TESTS)
 from harness.playbook import collections_path  # noqa: E402  pylint: disable=wrong-import-position
 
 sys.path.insert(0, collections_path())
+
+import copy  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+class Appliance:
+    """The sample appliance (tests/harness/appliance.py) plus the few helpers the
+    module tests need to compare an archive with its sources."""
+
+    def __init__(self, root: str, cluster, profile: dict):
+        self.root = root
+        self.cluster = cluster
+        self.profile = profile
+
+    def profile_for(self, db: str) -> dict:
+        prof = copy.deepcopy(self.profile)
+        prof["database"]["name"] = db
+        return prof
+
+    def create_database(self, db: str) -> None:
+        self.cluster.create_database(db, owner=self.profile["database"]["user"])
+
+    def restore_dump(self, path: str, db: str) -> None:
+        from ansible_collections.sar.backup.plugins.module_utils import sources
+        sources.restore_dump(path, self.profile_for(db))
+
+    def tables_of(self, category: str) -> tuple:
+        from harness import appliance
+        return {"core": appliance.CORE_TABLES, "cdr_voicemail": appliance.CDR_TABLES}.get(category, ())
+
+    def table_rows(self, table: str, db: str | None = None) -> list:
+        from harness import appliance
+        return appliance.table_rows(self.cluster, table, db=db or appliance.DATABASE)
+
+
+@pytest.fixture(scope="session")
+def appliance():
+    """One PostgreSQL cluster and sample appliance for the whole session (read-only
+    for the tests that use it)."""
+    from harness import appliance as sample
+    from harness.postgres import PostgresCluster
+    root = tempfile.mkdtemp(prefix="sar-appliance-")
+    os.chmod(root, 0o755)
+    cluster = PostgresCluster().start()
+    try:
+        profile = sample.build_appliance(os.path.join(root, "appliance"), cluster)
+        yield Appliance(os.path.join(root, "appliance"), cluster, profile)
+    finally:
+        cluster.stop()
+        import shutil
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,221 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The `sar-backup` command as timers and monitoring use it: scheduled runs and
+the maintenance lock (defer/retry), report mails (a real SMTP server), status
+exit codes, the checkmk section and the Prometheus textfile."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from harness.smtp import SmtpServer
+
+from ansible_collections.sar.backup.plugins.module_utils import cli
+from ansible_collections.sar.backup.plugins.module_utils.job import validate_job
+from ansible_collections.sar.backup.plugins.module_utils.store import Store, validate_settings
+
+SFTP_SECRET = "never-show-this-sftp-pw"
+SMTP_SECRET = "never-show-this-smtp-pw"
+
+
+@pytest.fixture
+def host(tmp_path, appliance):
+    """A scratch host: settings pointing at the sample appliance, an SMTP relay."""
+    smtp = SmtpServer(str(tmp_path / "smtp"), mode="plain", username="relay", password=SMTP_SECRET)
+    os.makedirs(str(tmp_path / "smtp"), exist_ok=True)
+    smtp.start()
+    store = Store(str(tmp_path / "etc"))
+    settings = validate_settings({
+        "profile": appliance.profile,
+        "smtp": smtp.settings(),
+        "archive_dir": str(tmp_path / "archives"),
+        "staging_dir": str(tmp_path / "staging"),
+        "status_dir": str(tmp_path / "status"),
+        "lock_path": str(tmp_path / "lock" / "sar-backup.lock"),
+    })
+    store.write_settings(settings)
+    try:
+        yield {"store": store, "settings": settings, "smtp": smtp, "tmp": tmp_path}
+    finally:
+        smtp.stop()
+
+
+def save_job(store, **over):
+    raw = {"name": "nightly", "data": ["announcements"], "interval": "daily", "start": "2024-01-01 02:00",
+           "report_to": ["ops@example.com"], "targets": [{"type": "local"}]}
+    raw.update(over)
+    job = validate_job(raw)
+    store.write_job(job)
+    return job
+
+
+def sar(host, *argv):
+    return cli.main(["--config-dir", host["store"].config_dir] + list(argv))
+
+
+def hold_lock(path, seconds):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    code = ("import fcntl,sys,time\nf=open(sys.argv[1],'a')\nfcntl.flock(f,fcntl.LOCK_EX)\n"
+            "print('locked',flush=True)\ntime.sleep(float(sys.argv[2]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, path, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def status_of(host, job="nightly"):
+    with open(os.path.join(host["settings"]["status_dir"], "%s.json" % job)) as handle:
+        return json.load(handle)
+
+
+def test_scheduled_run_defers_then_runs(host, capsys):
+    save_job(host["store"], defer="1s", retries=5)
+    holder = hold_lock(host["settings"]["lock_path"], 2.5)
+    try:
+        rc = sar(host, "run", "nightly", "--scheduled")
+    finally:
+        holder.wait()
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert re.search(r"deferred 1/5", err)
+    assert status_of(host)["code"] == "successful"
+    assert host["smtp"].messages == []  # report_on: failure, and it succeeded
+
+
+def test_scheduled_run_gives_up_and_mails(host, capsys):
+    save_job(host["store"], defer="1s", retries=2)
+    holder = hold_lock(host["settings"]["lock_path"], 120)
+    try:
+        rc = sar(host, "run", "nightly", "--scheduled")
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "deferred 2/2" in err
+    status = status_of(host)
+    assert status["code"] == "alreadyRunning" and status["success"] is False
+    assert status["targets"][0]["code"] == "alreadyRunning"
+    assert len(host["smtp"].messages) == 1
+    mail = host["smtp"].messages[0]
+    assert mail.rcpt_tos == ["ops@example.com"]
+    assert "alreadyRunning" in mail.message["Subject"] and "nightly" in mail.message["Subject"]
+    body = mail.raw.decode("utf-8", "replace")
+    assert "maintenance lock" in body and SMTP_SECRET not in body
+
+
+def test_adhoc_run_fails_at_once_when_locked(host, capsys):
+    save_job(host["store"])
+    holder = hold_lock(host["settings"]["lock_path"], 120)
+    try:
+        rc = sar(host, "run", "nightly")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rc == 1
+    assert "alreadyRunning" in capsys.readouterr().err
+    assert status_of(host)["code"] == "alreadyRunning"
+
+
+def test_failed_target_report_mail_has_codes_and_no_secret(host):
+    save_job(host["store"], targets=[
+        {"type": "local"},
+        {"type": "sftp", "server": "127.0.0.1", "port": 1, "username": "pbx", "password": SFTP_SECRET}])
+    rc = sar(host, "run", "nightly")
+    assert rc == 1
+    status = status_of(host)
+    assert [t["code"] for t in status["targets"]] == ["successful", "connectFailed"]
+    assert status["archive"]["name"].endswith(".sar")
+    mail = host["smtp"].messages[0]
+    text = mail.raw.decode("utf-8", "replace")
+    assert "connectFailed" in text and "successful" in text and status["archive"]["name"] in text
+    assert mail.message.get_body(("html",)) is not None
+    for secret in (SFTP_SECRET, SMTP_SECRET):
+        assert secret not in text
+        assert secret not in json.dumps(status)
+
+
+def test_report_on_always_and_never(host):
+    save_job(host["store"], report_on="always")
+    assert sar(host, "run", "nightly") == 0
+    assert len(host["smtp"].messages) == 1 and "successful" in host["smtp"].messages[0].message["Subject"]
+    save_job(host["store"], report_on="never", targets=[{"type": "sftp", "server": "127.0.0.1", "port": 1,
+                                                         "username": "u", "password": SFTP_SECRET}])
+    assert sar(host, "run", "nightly") == 1
+    assert len(host["smtp"].messages) == 1
+
+
+def test_not_due_before_start(host, capsys):
+    future = (datetime.datetime.now() + datetime.timedelta(days=3)).strftime("%Y-%m-%d %H:%M")
+    save_job(host["store"], start=future)
+    assert sar(host, "run", "nightly", "--scheduled") == 0
+    assert "not due" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(host["settings"]["status_dir"], "nightly.json"))
+
+
+def test_status_exit_codes_checkmk_and_metrics(host, capsys):
+    save_job(host["store"])
+    assert sar(host, "status") == 1  # no run yet
+    capsys.readouterr()
+    assert sar(host, "run", "nightly") == 0
+    capsys.readouterr()
+    assert sar(host, "status", "--warn", "26h", "--crit", "50h") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK - nightly") and "'nightly_age'=" in out
+
+    # Stale: pretend the last success was 30 h ago, then 60 h ago.
+    path = os.path.join(host["settings"]["status_dir"], "nightly.json")
+    status = json.load(open(path))
+    for hours, expected in ((30, 1), (60, 2)):
+        old = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=hours)).isoformat()
+        status["last_success"] = old
+        json.dump(status, open(path, "w"))
+        assert sar(host, "status") == expected
+    capsys.readouterr()
+
+    assert sar(host, "status", "--format", "checkmk") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "<<<starface_backups>>>"
+    assert re.match(r"^\[HDD\]%s \d{13} de\.vertico\.backup\.successful$" % re.escape(host["settings"]["archive_dir"]),
+                    lines[1]), lines
+
+    metrics = open(os.path.join(host["settings"]["status_dir"], "sar_backup.prom")).read()
+    assert re.search(r'^sar_backup_last_run_result\{job="nightly",target="0",type="local",.*code="successful"\} 1$',
+                     metrics, re.M)
+    assert re.search(r'^sar_backup_archive_bytes\{job="nightly"\} [1-9]\d*$', metrics, re.M)
+
+    # A failed run is CRITICAL whatever its age.
+    save_job(host["store"], targets=[{"type": "sftp", "server": "127.0.0.1", "port": 1, "username": "u",
+                                      "password": SFTP_SECRET}], report_to=[])
+    assert sar(host, "run", "nightly") == 1
+    assert sar(host, "status") == 2
+    capsys.readouterr()
+    # Unreadable status: UNKNOWN.
+    with open(path, "w") as handle:
+        handle.write("{not json")
+    assert sar(host, "status") == 3
+
+
+def test_list_and_verify(host, capsys):
+    save_job(host["store"])
+    assert sar(host, "run", "nightly") == 0
+    capsys.readouterr()
+    assert sar(host, "list", "--format", "json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["name"] == "nightly" and rows[0]["on_calendar"] == ["*-*-* 02:00:00"]
+    archive = status_of(host)["archive"]
+    folder = os.path.join(host["settings"]["archive_dir"], "starface-backup", "nightly")
+    assert sar(host, "verify", os.path.join(folder, archive["name"])) == 0
+    assert "OK" in capsys.readouterr().out
+    # One flipped byte in the middle: corrupt.
+    path = os.path.join(folder, archive["name"])
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    assert sar(host, "verify", path) == 1
+    assert "CORRUPT" in capsys.readouterr().out
