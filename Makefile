@@ -31,7 +31,7 @@ deps: .build/.deps
 	@touch $@
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements/runtime.txt requirements/dev.txt | deps
+$(VENV)/.installed: $(wildcard requirements/*.txt) | deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/dev.txt

@@ -10,6 +10,8 @@
     sar-backup [--config-dir DIR] metrics
     sar-backup [--config-dir DIR] crash-report JOB [--unit U]
 
+The installed wrapper calls main() and exits with what it returns.
+
 Exit codes: run 0 success (or not due yet), 1 the run failed, 2 bad usage or
 configuration; verify 0 intact, 1 corrupt or unreadable, 2 usage; status
 0/1/2/3 as Nagios (OK/WARNING/CRITICAL/UNKNOWN).
@@ -31,6 +33,14 @@ from .runner import VERSION, run_job
 from .store import Store, effective_metrics_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
 
 
 class Console:
@@ -82,16 +92,16 @@ def cmd_list(store: Store, args) -> int:
                      "next_runs": [schedule.iso(t) for t in schedule.next_runs(job, 3)],
                      "last_run": status})
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        out(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
-        print("no jobs in %s" % store.jobs_dir)
+        out("no jobs in %s" % store.jobs_dir)
     for row in rows:
         job, last = row["job"], row["last_run"] or {}
-        print("%-24s %-8s next %-26s last %s %s" % (
+        out("%-24s %-8s next %-26s last %s %s" % (
             row["name"], job["interval"], (row["next_runs"] or ["-"])[0], last.get("code", "never"), last.get("finished", "")))
         for i, target in enumerate(job["targets"]):
-            print("    %d. %s" % (i + 1, target["type"]))
+            out("    %d. %s" % (i + 1, target["type"]))
     return EXIT_OK
 
 
@@ -104,10 +114,10 @@ def cmd_verify(store: Store, args) -> int:
     try:
         info = verify_archive(args.file, passphrase=_read_secret_file(args.passphrase_file), identities=identities)
     except SarError as exc:
-        print("CORRUPT %s: %s" % (args.file, exc))
+        out("CORRUPT %s: %s" % (args.file, exc))
         return EXIT_FAILED
     manifest = info["manifest"]
-    print("OK %s: %d members verified, job %s from %s at %s, sha256 %s" % (
+    out("OK %s: %d members verified, job %s from %s at %s, sha256 %s" % (
         args.file, len(info["members"]), manifest.get("job"), manifest.get("host"), manifest.get("created"), info["sha256"]))
     return EXIT_OK
 
@@ -118,7 +128,7 @@ def cmd_status(store: Store, args) -> int:
         names = [args.job] if args.job else store.job_names()
         statuses = report.all_statuses(settings, names)
     except SarError as exc:
-        print("UNKNOWN - %s" % exc)
+        out("UNKNOWN - %s" % exc)
         return 3
     if args.format == "checkmk":
         sys.stdout.write(report.checkmk_section(statuses))
@@ -126,9 +136,9 @@ def cmd_status(store: Store, args) -> int:
     code, text = report.nagios_status(statuses, parse_duration(args.warn, "--warn"),
                                       parse_duration(args.crit, "--crit"), time.time())
     if args.format == "json":
-        print(json.dumps({"exit": code, "summary": text, "jobs": statuses}, indent=2))
+        out(json.dumps({"exit": code, "summary": text, "jobs": statuses}, indent=2))
     else:
-        print(text)
+        out(text)
     return code
 
 
@@ -150,7 +160,7 @@ def cmd_crash_report(store: Store, args) -> int:
               "targets": [{"index": i, "type": t["type"], "location": None, "code": errors.FAILED, "error": msg}
                           for i, t in enumerate(job["targets"])]}
     if not job.get("report_to") or job.get("report_on") == "never":
-        print(msg)
+        out(msg)
         return EXIT_OK
     report.mail_report(settings, job, result)
     return EXIT_OK
@@ -195,15 +205,11 @@ def main(argv=None) -> int:
     try:
         return args.func(store, args)
     except ValidationError as exc:
-        print("sar-backup: %s" % exc, file=sys.stderr)
+        err("sar-backup: %s" % exc)
         return 3 if args.command == "status" else EXIT_USAGE
     except SarError as exc:
-        print("sar-backup: %s" % exc, file=sys.stderr)
+        err("sar-backup: %s" % exc)
         return 3 if args.command == "status" else EXIT_FAILED
     except OSError as exc:
-        print("sar-backup: %s" % exc, file=sys.stderr)
+        err("sar-backup: %s" % exc)
         return 3 if args.command == "status" else EXIT_FAILED
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

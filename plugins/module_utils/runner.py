@@ -55,7 +55,7 @@ class Run:
         self.keep_archive = keep_archive
         self.log_func = log
         # Adapters turn a missing library into their own wording (Ansible's).
-        self.describe_missing = describe_missing or (lambda exc: str(exc))
+        self.describe_missing = describe_missing or str
         self.host = short_hostname()
         self.started = now or _now()
         self.targets = []

@@ -72,7 +72,7 @@ def _locked_passwd_run(argv: list, what: str, input_text: str | None = None) -> 
     """useradd/userdel/chpasswd fail at once when another process holds the
     /etc/passwd lock (other test runs on this machine): retry a while."""
     last = None
-    for _ in range(50):
+    for _attempt in range(50):
         try:
             return _run(argv, what, input_text)
         except RuntimeError as exc:
@@ -146,7 +146,7 @@ class SshServer:
         if self.tmp is None:
             self._prepare()
         last = ""
-        for _ in range(attempts):
+        for _attempt in range(attempts):
             port = self.port or free_port()
             if self._spawn(port):
                 return self

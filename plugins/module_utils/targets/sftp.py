@@ -135,6 +135,11 @@ def remember_host_key(path: str, name: str, key_type: str, blob_b64: str) -> Non
         os.close(fd)
 
 
+def _why(exc: BaseException) -> str:
+    """An exception as words (many socket/paramiko errors have an empty str)."""
+    return str(exc) or type(exc).__name__
+
+
 class _StatusError(Exception):
     """An SFTP status reply other than OK, with its code kept."""
 
@@ -191,6 +196,7 @@ class SftpReader(io.RawIOBase):
         self.next_offset = 0
         self.buffer = b""
         self.eof = False
+        self.released = False
 
     def readable(self) -> bool:
         return True
@@ -229,7 +235,7 @@ class SftpReader(io.RawIOBase):
         return data
 
     def readinto(self, buf) -> int:
-        if self.closed:
+        if self.released:
             raise ValueError("I/O operation on closed file")
         while not self.buffer and not self.eof:
             try:
@@ -248,8 +254,9 @@ class SftpReader(io.RawIOBase):
         return count
 
     def close(self) -> None:
-        if self.closed:
+        if self.released:
             return
+        self.released = True
         try:
             # Collect what is still on its way, so those replies do not
             # arrive in the middle of the next request on this session.
@@ -320,7 +327,7 @@ class SftpTarget(Target):
             try:
                 sftp = paramiko.SFTPClient.from_transport(transport, window_size=self.WINDOW)
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise TargetError("%s: the server refused the SFTP subsystem (%s)" % (self.endpoint, exc or type(exc).__name__),
+                raise TargetError("%s: the server refused the SFTP subsystem (%s)" % (self.endpoint, _why(exc)),
                                   errors.FAILED) from None
             if sftp is None:
                 raise TargetError("%s: the server refused the SFTP subsystem" % self.endpoint, errors.FAILED)
@@ -369,7 +376,7 @@ class SftpTarget(Target):
                               errors.CONNECT_FAILED) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
-            raise TargetError("SSH handshake with %s failed: %s" % (self.endpoint, exc or type(exc).__name__),
+            raise TargetError("SSH handshake with %s failed: %s" % (self.endpoint, _why(exc)),
                               errors.CONNECT_FAILED, transient=True) from None
         # Idle stretches (a slow verify, a long rename) must not let a
         # firewall forget the connection.
@@ -511,7 +518,7 @@ class SftpTarget(Target):
         except paramiko.AuthenticationException:
             raise refused from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise TargetError("SFTP login to %s failed: connection lost (%s)" % (self.endpoint, exc or type(exc).__name__),
+            raise TargetError("SFTP login to %s failed: connection lost (%s)" % (self.endpoint, _why(exc)),
                               errors.CONNECT_FAILED, transient=True) from None
         if not transport.is_authenticated():
             raise refused
@@ -590,7 +597,7 @@ class SftpTarget(Target):
             return None
         if t != CMD_EXTENDED_REPLY:
             return None
-        _bsize, frsize, blocks, bfree, bavail = (msg.get_int64() for _ in range(5))
+        _bsize, frsize, blocks, bfree, bavail = (msg.get_int64() for _field in range(5))
         if not blocks or not frsize:  # servers that do not know say 0
             return None
         return bavail * frsize, bfree * frsize
@@ -606,7 +613,7 @@ class SftpTarget(Target):
         if not status and dead:
             self.close()
             return TargetError("%s: %s: connection to %s lost (%s)" % (self.location(), what, self.endpoint,
-                                                                       exc or type(exc).__name__),
+                                                                       _why(exc)),
                                errors.CONNECT_FAILED, transient=True)
         text = exc.text if status else (exc.strerror or str(exc))
         code = exc.code if status else None
@@ -618,7 +625,10 @@ class SftpTarget(Target):
         if num in (errno.ENOSPC, errno.EDQUOT) or any(w in lowered for w in NO_SPACE_WORDS):
             return TargetError("%s: %s: no space left on the server (%s)" % (self.location(), what, text), errors.DISK_FULL)
         if need and (code == SFTP_FAILURE or code is None) and self.folder and self.alive():
-            space = self.free_space(self.folder)
+            try:
+                space = self.free_space(self.folder)
+            except (OSError, EOFError, paramiko.SSHException):
+                space = None
             if space is not None and space[0] < need:
                 return TargetError("%s: %s: no space left on the server (%d bytes free for users, %d more needed)"
                                    % (self.location(), what, space[0], need), errors.DISK_FULL)
@@ -701,6 +711,12 @@ class SftpTarget(Target):
             with open(src_path, "rb") as src:
                 self.retrying("upload of %s" % name, self._upload_once, src, partial, name, size, state)
             self.retrying("rename of %s" % name, self._commit_once, partial, final, name, size)
+        except TargetError as exc:
+            self._discard(partial)
+            if exc.code == errors.CONNECT_FAILED:
+                raise TargetError("%s: upload of %s interrupted and could not be resumed (%d attempts): %s"
+                                  % (self.location(), name, self.RETRY_ATTEMPTS, exc), exc.code) from None
+            raise
         except BaseException:
             self._discard(partial)
             raise

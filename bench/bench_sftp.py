@@ -1,0 +1,154 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""Benchmark: the `sftp` target against OpenSSH's own `sftp` client.
+
+The same random file, the same throwaway sshd on loopback (tests/harness/sshd.py),
+the same cipher forced on both sides (aes128-gcm@openssh.com), key
+authentication for both. Each tool runs in a subprocess of its own so its peak
+RSS (ru_maxrss) is its own; each is run REPEAT times and the median kept.
+
+- OpenSSH `sftp -b` with `put` (what an admin would script), and `put -f`
+  (which also asks the server to fsync, as our target does before renaming);
+- our `SftpTarget.deliver()` with `verify: size`: connect, host key check,
+  upload to a partial name, fsync, rename, size check, retention.
+
+    python bench/bench_sftp.py            # 1 GB
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from harness.playbook import collections_path  # noqa: E402  pylint: disable=wrong-import-position
+from harness.sshd import SshServer, generate_key  # noqa: E402  pylint: disable=wrong-import-position
+
+CIPHER = "aes128-gcm@openssh.com"
+REPEAT = 3
+MB = 1000 * 1000
+
+# Runs in a fresh interpreter: deliver once, report time and peak RSS.
+OURS = r"""
+import hashlib, json, os, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.sar.backup.plugins.module_utils import job
+from ansible_collections.sar.backup.plugins.module_utils.targets import target_class
+from ansible_collections.sar.backup.plugins.module_utils.targets.base import TargetContext
+args = json.loads(sys.argv[2])
+with open(args["key_path"]) as handle:
+    key = handle.read()
+opts = job.validate_target({"type": "sftp", "server": "127.0.0.1", "port": args["port"], "username": args["user"],
+                            "private_key": key, "host_key": args["host_key"], "path": args["path"],
+                            "verify": "size", "keep": 0}, 0)
+log = []
+target = target_class("sftp")(opts, TargetContext(job="bench", host="bench", config_dir=args["config_dir"], log=log.append))
+start = time.perf_counter()
+target.deliver(args["src"], args["name"], args["size"], "0" * 64)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "log": log}))
+"""
+
+# Runs OpenSSH sftp under a small parent so RUSAGE_CHILDREN covers sftp and its ssh only.
+THEIRS = r"""
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def _random_file(path: str, size: int) -> None:
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 4 * 1024 * 1024))
+            handle.write(chunk)
+            left -= len(chunk)
+
+
+def _measure(argv: list) -> dict:
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (argv[:3], proc.stderr.strip()[-2000:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _row(tool: str, runs: list, size: int) -> dict:
+    seconds = statistics.median(r["seconds"] for r in runs)
+    return {"tool": tool, "seconds": round(seconds, 3), "mb_s": round(size / MB / seconds, 1),
+            "peak_rss_mb": round(max(r["peak_rss_kb"] for r in runs) / 1024.0, 1),
+            "runs_s": [round(r["seconds"], 3) for r in runs]}
+
+
+def run(workdir: str, size_bytes: int) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="bench-sftp-", dir=workdir)
+    src = os.path.join(scratch, "payload.bin")
+    _random_file(src, size_bytes)
+    key_path = os.path.join(scratch, "id_ed25519")
+    config_dir = os.path.join(scratch, "config")
+    os.mkdir(config_dir)
+    server = SshServer(host_key_types=("ed25519",), log_level="ERROR")
+    try:
+        server.start()
+        server.add_authorized_key(generate_key(key_path, "ed25519"))
+        known = os.path.join(scratch, "known_hosts")
+        with open(known, "w", encoding="ascii") as handle:
+            handle.write("[127.0.0.1]:%d %s\n" % (server.port, server.host_key_line("ssh-ed25519")))
+        ssh_opts = ["-o", "UserKnownHostsFile=%s" % known, "-o", "StrictHostKeyChecking=yes",
+                    "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-c", CIPHER,
+                    "-i", key_path, "-P", str(server.port)]
+        farm = collections_path()
+        results = {"openssh": [], "openssh_fsync": [], "ours": []}
+        cipher_seen = set()
+        for attempt in range(REPEAT):
+            for tool in results:
+                dest = server.make_dir(os.path.join(server.home, "%s-%d" % (tool, attempt)))
+                if tool == "ours":
+                    args = {"port": server.port, "user": server.user, "key_path": key_path,
+                            "host_key": server.host_key_line("ssh-ed25519"), "path": dest, "src": src,
+                            "size": size_bytes, "name": "bench_bench_20240101T000000Z.sar", "config_dir": config_dir}
+                    result = _measure([sys.executable, "-c", OURS, farm, json.dumps(args)])
+                    cipher_seen.update(line.split("cipher ")[1].split(",")[0] for line in result["log"] if "cipher " in line)
+                else:
+                    batch = os.path.join(scratch, "batch-%s" % tool)
+                    with open(batch, "w", encoding="utf-8") as handle:
+                        handle.write("put %s%s %s/payload.bin\n" % ("-f " if tool == "openssh_fsync" else "", src, dest))
+                    result = _measure([sys.executable, "-c", THEIRS, "sftp", "-q", "-b", batch] + ssh_opts
+                                      + ["%s@127.0.0.1" % server.user])
+                results[tool].append(result)
+                shutil.rmtree(dest, ignore_errors=True)
+        rows = [_row("OpenSSH sftp -b put", results["openssh"], size_bytes),
+                _row("OpenSSH sftp -b put -f (fsync)", results["openssh_fsync"], size_bytes),
+                _row("sar-backup SftpTarget.deliver (verify size)", results["ours"], size_bytes)]
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    ours, theirs, theirs_fsync = rows[2]["mb_s"], rows[0]["mb_s"], rows[1]["mb_s"]
+    return {
+        "title": "sftp target vs OpenSSH sftp",
+        "rows": rows,
+        "ratio": round(ours / theirs, 3),
+        "ratio_vs_fsync": round(ours / theirs_fsync, 3),
+        "notes": ("%.0f MB random file, sshd on 127.0.0.1, cipher %s forced on OpenSSH, negotiated by ours: %s; "
+                  "key auth for both; median of %d runs; peak RSS = ru_maxrss of each tool's own process tree "
+                  "(OpenSSH: the larger of sftp/ssh). Ours includes connect, host key check, partial upload with "
+                  "fsync@openssh.com, posix-rename and the size check; 'ratio' is against plain `put`."
+                  % (size_bytes / MB, CIPHER, ", ".join(sorted(cipher_seen)) or "?", REPEAT)),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(tempfile.gettempdir(), 1000 * MB), indent=2))
