@@ -197,17 +197,17 @@ class Run:
             archive = {"name": name, "size": info["size"], "sha256": info["sha256"],
                        "created": _iso(self.started), "path": None}
             targets = self.deliver(path, archive)
+            failed = [t for t in targets if t["status"] != "ok"]
             local_copy = next((t.get("local_path") for t in targets if t.get("local_path") and t["status"] == "ok"), None)
             if local_copy:
                 archive["path"] = local_copy
-            elif self.keep_archive:
+            elif self.keep_archive and not failed:
                 kept = os.path.join(self.staging_root(), name)
                 os.replace(path, kept)
                 archive["path"] = kept
                 archive["temporary"] = True
             for entry in targets:
                 entry.pop("local_path", None)
-            failed = [t for t in targets if t["status"] != "ok"]
             code = failed[0]["code"] if failed else errors.SUCCESSFUL
             error = None
             if failed:

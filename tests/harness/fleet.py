@@ -38,6 +38,7 @@ Needs root (mount, unshare, sshd privilege separation), util-linux
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -99,6 +100,69 @@ MaxSessions 100
 LogLevel ERROR
 Subsystem sftp internal-sftp
 """
+
+
+# A notification callback (ansible-core ships no JSON stdout callback; ansible.posix
+# is not installed): per-host recap stats and each task's per-host result, written
+# as JSON to $SAR_FLEET_REPORT when the playbook ends. The normal output stays.
+CALLBACK = r'''
+from __future__ import annotations
+import json
+import os
+from ansible.plugins.callback import CallbackBase
+
+DOCUMENTATION = """
+name: sar_fleet_report
+type: notification
+short_description: recap stats and per-host task results as JSON (tests/harness/fleet.py)
+description: [Writes $SAR_FLEET_REPORT at the end of the playbook.]
+"""
+
+KEEP = ("changed", "failed", "skipped", "unreachable", "msg", "code", "archive", "targets", "fetched_path", "rc")
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "sar_fleet_report"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tasks = []
+
+    def _record(self, status, result):
+        res = result._result
+        entry = {"task": result._task.get_name(), "host": result._host.get_name(), "status": status}
+        entry.update({k: res[k] for k in KEEP if k in res})
+        if "results" in res:
+            entry["changed_items"] = sum(1 for r in res["results"] if isinstance(r, dict) and r.get("changed"))
+        try:
+            json.dumps(entry)
+        except (TypeError, ValueError):
+            entry = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)) for k, v in entry.items()}
+        self.tasks.append(entry)
+
+    def v2_runner_on_ok(self, result, **kwargs):
+        self._record("ok", result)
+
+    def v2_runner_on_failed(self, result, ignore_errors=False, **kwargs):
+        self._record("ignored" if ignore_errors else "failed", result)
+
+    def v2_runner_on_unreachable(self, result, **kwargs):
+        self._record("unreachable", result)
+
+    def v2_runner_on_skipped(self, result, **kwargs):
+        self._record("skipped", result)
+
+    def v2_playbook_on_stats(self, stats):
+        hosts = sorted(stats.processed.keys())
+        out = {"stats": {h: stats.summarize(h) for h in hosts}, "tasks": self.tasks}
+        path = os.environ.get("SAR_FLEET_REPORT")
+        if path:
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(out, handle, indent=1, default=repr)
+'''
 
 
 def free_port() -> int:
@@ -361,6 +425,41 @@ class Fleet:
         with open(self.inventory_path, "w", encoding="utf-8") as handle:
             yaml.safe_dump(inventory, handle, sort_keys=False)
         return self.inventory_path
+
+    # -- running playbooks -----------------------------------------------------------
+    def playbook(self, playbook_path: str, workdir: str, extravars: dict | None = None, forks: int = 5,
+                 env: dict | None = None, timeout: int = 900):
+        """ansible-playbook against the fleet inventory (harness.playbook.run_playbook,
+        normal text output) -> (PlaybookRun, report) where report is
+        {"stats": {host: {ok, changed, unreachable, failures, ...}}, "tasks": [per-host results]}."""
+        from .playbook import run_playbook  # pylint: disable=import-outside-toplevel
+        plugins = os.path.join(self.tmp, "callback_plugins")
+        if not os.path.isdir(plugins):
+            os.mkdir(plugins)
+            with open(os.path.join(plugins, "sar_fleet_report.py"), "w", encoding="utf-8") as handle:
+                handle.write(CALLBACK)
+        fd, report_path = tempfile.mkstemp(prefix="report-", suffix=".json", dir=self.tmp)
+        os.close(fd)
+        run_env = {
+            "ANSIBLE_CALLBACK_PLUGINS": plugins,
+            "ANSIBLE_CALLBACKS_ENABLED": "sar_fleet_report",
+            "SAR_FLEET_REPORT": report_path,
+            "ANSIBLE_FORKS": str(forks),
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_SSH_RETRIES": "0",
+            "ANSIBLE_PIPELINING": "True",  # root over SSH, no become: one round trip per task
+        }
+        run_env.update(env or {})
+        run = run_playbook(None, workdir, extravars=extravars, inventory=self.inventory_path,
+                           playbook_path=playbook_path, json_out=False, env=run_env, timeout=timeout)
+        try:
+            with open(report_path, encoding="utf-8") as handle:
+                report = json.load(handle)
+        except (OSError, ValueError):
+            report = {"stats": {}, "tasks": []}
+        finally:
+            os.unlink(report_path)
+        return run, report
 
     # -- inside an appliance ------------------------------------------------------
     def run(self, name, argv, check: bool = True, input_data: bytes | None = None, timeout: float = 120):

@@ -93,7 +93,8 @@ def run_playbook(tasks_or_plays, workdir: str, extravars: dict | None = None, ve
         cmd.append("--diff")
     if check:
         cmd.append("--check")
-    extra = {"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"} if json_out else {}
+    extra = {"ANSIBLE_STDOUT_CALLBACK": "sar_test_json",
+             "ANSIBLE_CALLBACK_PLUGINS": os.path.join(ROOT, "tests", "harness", "callback_plugins")} if json_out else {}
     extra.update(env or {})
     proc = subprocess.run(cmd, env=ansible_env(extra), cwd=workdir, capture_output=True, text=True,
                           timeout=timeout, check=False)

@@ -62,7 +62,7 @@ def _locked_passwd_run(argv: list, what: str, input_text: str | None = None) -> 
     """useradd/userdel fail at once while another process holds the
     /etc/passwd lock (other test runs on this machine): retry a while."""
     last = None
-    for _ in range(50):
+    for _attempt in range(50):
         try:
             return _run(argv, what, input_text)
         except RuntimeError as exc:
@@ -133,7 +133,7 @@ class SmbServer:
         if self.tmp is None:
             self._prepare()
         last = ""
-        for _ in range(attempts):
+        for _attempt in range(attempts):
             port = self.port or free_port()
             if self._spawn(port):
                 return self
@@ -264,7 +264,7 @@ class SmbServer:
         """SIGKILL the listener and every session process (a crash or power
         loss, as the client sees it). Returns how many were killed."""
         killed = 0
-        for _ in range(3):  # a child forked while we were looking
+        for _attempt in range(3):  # a child forked while we were looking
             pids = self.pids()
             if not pids:
                 break

@@ -286,16 +286,16 @@ BAD_JOBS = [
     ({"targets": [{"type": "local", "keep": -1}]}, "keep"),
     ({"targets": [{"type": "local", "path": "relative/dir"}]}, "path"),
     ({"targets": [{"type": "local", "server": "x"}]}, "server"),
-    ({"targets": [{"type": "smb", "share": "s", "username": "u", "password": "p"}]}, "server"),
-    ({"targets": [{"type": "smb", "server": "h", "username": "u", "password": "p"}]}, "share"),
-    ({"targets": [{"type": "smb", "server": "smb://h", "share": "s", "username": "u", "password": "p"}]}, "server"),
-    ({"targets": [{"type": "smb", "server": "h", "share": "s/../x", "username": "u", "password": "p"}]}, "share"),
+    ({"targets": [{"type": "smb", "share": "s", "username": "u", "password": "pw-bad-input"}]}, "server"),
+    ({"targets": [{"type": "smb", "server": "h", "username": "u", "password": "pw-bad-input"}]}, "share"),
+    ({"targets": [{"type": "smb", "server": "smb://h", "share": "s", "username": "u", "password": "pw-bad-input"}]}, "server"),
+    ({"targets": [{"type": "smb", "server": "h", "share": "s/../x", "username": "u", "password": "pw-bad-input"}]}, "share"),
     ({"targets": [{"type": "sftp", "server": "h", "username": "u"}]}, "password"),
-    ({"targets": [{"type": "sftp", "server": "h", "username": "u", "password": "p",
+    ({"targets": [{"type": "sftp", "server": "h", "username": "u", "password": "pw-bad-input",
                    "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----"}]}, "password"),
-    ({"targets": [{"type": "sftp", "server": "h", "username": "u", "password": "p", "port": 70000}]}, "port"),
-    ({"targets": [{"type": "sftp", "server": "h", "username": "u", "password": "p", "path": "rel"}]}, "path"),
-    ({"targets": [{"type": "sftp", "server": "h", "username": "u", "password": "p", "host_key": "nonsense"}]}, "host_key"),
+    ({"targets": [{"type": "sftp", "server": "h", "username": "u", "password": "pw-bad-input", "port": 70000}]}, "port"),
+    ({"targets": [{"type": "sftp", "server": "h", "username": "u", "password": "pw-bad-input", "path": "rel"}]}, "path"),
+    ({"targets": [{"type": "sftp", "server": "h", "username": "u", "password": "pw-bad-input", "host_key": "nonsense"}]}, "host_key"),
     ({"targets": [{"type": "dropbox", "refresh_token": "t"}]}, "app_key"),
     ({"targets": [{"type": "dropbox"}]}, "refresh_token"),
     ({"targets": [{"type": "usb", "label": "A", "uuid": "B"}]}, "uuid"),
@@ -339,11 +339,17 @@ def test_no_secret_in_verbose_diff_output_or_status(env):
                        {"type": "sftp", "server": "127.0.0.1", "port": 1, "username": "u", "password": SFTP_SECRET},
                        {"type": "smb", "server": "127.0.0.1", "port": 1, "share": "s", "username": "u",
                         "password": SMB_SECRET}]}
+    # As in real playbooks, the secrets come from (vault) variables, not the playbook text.
+    secret_vars = {"v_sftp": SFTP_SECRET, "v_smb": SMB_SECRET, "v_pass": PASSPHRASE, "v_smtp": SMB_SECRET + "smtp"}
+    settings["smtp"]["password"] = "{{ v_smtp }}"
+    job["encryption"]["passphrase"] = "{{ v_pass }}"
+    job["targets"][1]["password"] = "{{ v_sftp }}"
+    job["targets"][2]["password"] = "{{ v_smb }}"
     tasks = [{"name": "settings", "sar.backup.sar_backup_settings": settings},
              job_task(env, job, "job"),
              run_task(env, "run", job="secretive", ignore_errors=True),
              run_task(env, "inline", definition=dict(job, name="inline"), ignore_errors=True)]
-    run = run_playbook(tasks, str(env["base"]), verbosity=3, diff=True, json_out=False)
+    run = run_playbook(tasks, str(env["base"]), extravars=secret_vars, verbosity=3, diff=True, json_out=False)
     text = run.stdout + run.stderr
     assert "secretive" in text  # the output is there
     status_text = ""

@@ -55,8 +55,9 @@ from .base import ROOT_DIR, RemoteFile, Target, partial_name
 try:
     import smbclient
     from smbprotocol import exceptions as smb_exc
+    from smbprotocol.file_info import FileRenameInformation
     from smbprotocol.header import NtStatus
-    from smbprotocol.open import SMB2ReadResponse, SMB2WriteResponse
+    from smbprotocol.open import FilePipePrinterAccessMask, SMB2ReadResponse, SMB2SetInfoRequest, SMB2WriteResponse
 except ImportError:  # pragma: no cover
     smbclient = None
 
@@ -167,7 +168,7 @@ class _Pipe:
             return want
         if self.inflight:
             return 0  # replies give credits back
-        return max(1, have) * MAX_PAYLOAD if have else 0
+        return have * MAX_PAYLOAD  # 0 credits: nothing can be sent
 
     def send(self, message, length: int, offset: int):
         """Send a read/write message asking for enough credits to keep the window full."""
@@ -209,6 +210,7 @@ class SmbReader(io.RawIOBase):
         self.next_offset = 0
         self.buffer = b""
         self.eof = False
+        self.released = False  # own flag: pylint takes IOBase.closed for a constant
 
     def readable(self) -> bool:
         return True
@@ -250,7 +252,7 @@ class SmbReader(io.RawIOBase):
         return data
 
     def readinto(self, buf) -> int:
-        if self.closed:
+        if self.released:
             raise ValueError("I/O operation on closed file")
         while not self.buffer and not self.eof:
             try:
@@ -269,8 +271,9 @@ class SmbReader(io.RawIOBase):
         return count
 
     def close(self) -> None:
-        if self.closed:
+        if self.released:
             return
+        self.released = True
         try:
             # Collect what is still on its way before the handle goes.
             while self.pipe.inflight and self.target.alive():
@@ -380,9 +383,9 @@ class SmbTarget(Target):
                                   "'share' is the share, the rest are folders in it)" % (self.share, self.endpoint),
                                   errors.MOUNTFAIL) from None
             if status == STATUS_ACCESS_DENIED:
-                raise TargetError("SMB server %s refuses user '%s' access to share '%s' (access denied; if the share "
-                                  "requires encryption, set encrypt: true)" % (self.endpoint, self.username, self.share),
-                                  errors.AUTH_FAILED) from None
+                hint = "" if self.encrypt else "; if the share requires encryption, set encrypt: true"
+                raise TargetError("SMB server %s refuses user '%s' access to share '%s' (access denied%s)"
+                                  % (self.endpoint, self.username, self.share, hint), errors.AUTH_FAILED) from None
             raise self.smb_error(exc, "connecting to share '%s'" % self.share) from None
         if not root.st_file_attributes & FILE_ATTRIBUTE_DIRECTORY:  # pragma: no cover (a share root is a folder)
             self.close()
@@ -507,9 +510,8 @@ class SmbTarget(Target):
         # No status: the connection itself failed (closed by the peer, reset,
         # no reply within IO_TIMEOUT, the receiver thread died).
         self._drop()
-        return TargetError("%s: %s: connection to SMB server %s lost (%s)" % (self.location(), what, self.endpoint,
-                                                                             self._short(exc)),
-                           errors.MOUNTFAIL, transient=True)
+        return TargetError("%s: %s: connection to SMB server %s lost (%s)"
+                           % (self.location(), what, self.endpoint, self._short(exc)), errors.MOUNTFAIL, transient=True)
 
     def _op(self, what: str, func, *args):
         """An idempotent operation, reconnecting on a dropped connection."""
@@ -675,11 +677,38 @@ class SmbTarget(Target):
             if have != size:
                 raise TargetError("%s: the upload of %s has %d bytes on the server, expected %d; not renamed"
                                   % (self.location(), name, have, size), errors.VERIFY_FAILED)
-            smbclient.replace(partial, final, **kwargs)
+            self._rename_replace(partial, name)
         except TargetError:
             raise
         except self.SMB_ERRORS as exc:
             raise self.smb_error(exc, "rename of %s" % name) from None
+
+    def _rename_replace(self, partial: str, name: str) -> None:
+        """Rename the partial to `name` in the same folder, replacing a file of
+        that name in one step. (smbclient.replace first opens the destination
+        asking for FILE_EXECUTE, which Samba refuses on a file without an x
+        bit: it cannot replace an archive there.)"""
+        raw = smbclient.open_file(partial, mode="rb", buffering=0, share_access="rwd",
+                                  desired_access=FilePipePrinterAccessMask.DELETE | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
+                                  **self.kwargs())
+        try:
+            info = FileRenameInformation()
+            info["replace_if_exists"] = True
+            # SMB2 wants the new name relative to the share root.
+            info["file_name"] = "\\".join(self.subdirs + [ROOT_DIR, self.ctx.job, name])
+            request = SMB2SetInfoRequest()
+            request["info_type"] = info.INFO_TYPE
+            request["file_info_class"] = info.INFO_CLASS
+            request["file_id"] = raw.fd.file_id
+            request["buffer"] = info
+            conn = raw.fd.connection
+            sent = conn.send(request, sid=raw.fd.tree_connect.session.session_id, tid=raw.fd.tree_connect.tree_connect_id)
+            conn.receive(sent, timeout=self.IO_TIMEOUT)
+        finally:
+            try:
+                raw.close()
+            except Exception:  # pylint: disable=broad-except
+                pass  # the rename happened or raised already; a dead handle goes with the connection
 
     def _discard(self, partial: str) -> None:
         """Best effort after a failure; a partial left on an unreachable

@@ -1,0 +1,226 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""Fleet rollout over real SSH (issue 4, "Fleet"): five simulated appliances
+(tests/harness/fleet.py: one sshd each in a private mount + UTS namespace, own
+host name, own /etc/sar-backup, /opt/sar-backup, /var/lib/sar-backup, /run/lock,
+/usr/local/bin, /etc/systemd/system) plus one inventory host whose port has
+nothing listening.
+
+1. playbooks/site.yml converges on the five (failed=0) while the dead host is
+   reported unreachable and does not stop the others;
+2. a second site.yml run changes nothing (changed=0 on all five);
+3. playbooks/run.yml runs the job everywhere with fetch_to: each appliance has
+   its own status file (code successful) and its own archive (its host name in
+   the name, its own announcement file inside), fetched to
+   <fetch_to>/<inventory_hostname>/ with the SHA-256 the appliance reported.
+
+The appliances share one PostgreSQL cluster (the `core` dump) and the sample
+appliance's configuration trees; each has its own announcements directory
+inside its private /var/lib/sar-backup.
+
+Run: cd /work/main && .venv/bin/python -m pytest -q -p no:cacheprovider tests/integration/test_fleet.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+
+from harness import appliance as sample
+from harness.fleet import Fleet, fleet_profile, wheelhouse
+from harness.playbook import ROOT
+from harness.postgres import PostgresCluster
+
+APPLIANCES = 5
+JOB = "nightly"
+ANNOUNCEMENTS = "/var/lib/sar-backup/fleet-announcements"
+SITE = os.path.join(ROOT, "playbooks", "site.yml")
+RUN = os.path.join(ROOT, "playbooks", "run.yml")
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the fleet needs root (mount namespaces, sshd)"),
+    pytest.mark.skipif(not all(shutil.which(t) or os.path.exists("/usr/sbin/" + t) for t in ("sshd", "unshare", "nsenter")),
+                       reason="needs openssh-server and util-linux (unshare, nsenter)"),
+]
+
+
+def job_definition() -> dict:
+    return {
+        "name": JOB,
+        "interval": "daily",
+        "start": "2025-01-06 02:30",
+        "data": ["core", "announcements"],
+        "targets": [{"type": "local"}],
+    }
+
+
+class FleetEnv:
+    """What the tests share: the fleet, the workdir, and each step's outcome."""
+
+    def __init__(self, fleet: Fleet, work: str, files: dict):
+        self.fleet = fleet
+        self.work = work
+        self.files = files  # inventory name -> {announcement file name: bytes}
+        self.steps: dict = {}
+
+    def playbook(self, step: str, path: str, extravars: dict | None = None):
+        """Run a playbook once per module (a later test reuses the outcome)."""
+        if step not in self.steps:
+            if not os.path.exists(path):
+                pytest.fail("%s does not exist (the role/playbooks of issue 4 are not in this tree yet)" % path)
+            started = time.monotonic()
+            run, report = self.fleet.playbook(path, self.work, extravars=extravars, forks=APPLIANCES)
+            self.steps[step] = (run, report, time.monotonic() - started)
+        return self.steps[step]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    wheels = wheelhouse()
+    work = str(tmp_path_factory.mktemp("fleet"))
+    os.chmod(work, 0o755)
+    with PostgresCluster() as cluster, Fleet(APPLIANCES, dead=1) as fleet:
+        # shared by all appliances: the database and the configuration trees (outside their tmpfs)
+        base_profile = sample.build_appliance(os.path.join(work, "shared"), cluster)
+        files = fleet.prepare_announcements(ANNOUNCEMENTS)
+        fleet.write_inventory({
+            "sar_backup_profile": fleet_profile(base_profile, ANNOUNCEMENTS),
+            "sar_backup_jobs": [job_definition()],
+            "sar_backup_pip_extra_args": "--no-index --find-links %s" % wheels,
+            "sar_backup_splay": "5m",
+        })
+        yield FleetEnv(fleet, work, files)
+
+
+def describe(run, report) -> str:
+    """Enough of a failed run to see why, for assertion messages."""
+    failed = [t for t in report.get("tasks", []) if t["status"] in ("failed", "unreachable")]
+    return "rc=%s\nstats=%s\nfailed tasks=%s\n--- stdout tail ---\n%s\n--- stderr tail ---\n%s" % (
+        run.rc, json.dumps(report.get("stats"), indent=1), json.dumps(failed, indent=1, default=str)[-6000:],
+        run.stdout[-6000:], run.stderr[-3000:])
+
+
+def first_rollout(env):
+    return env.playbook("site-1", SITE)
+
+
+def second_rollout(env):
+    first_rollout(env)
+    return env.playbook("site-2", SITE)
+
+
+def job_run(env):
+    second_rollout(env)
+    return env.playbook("run", RUN, {"job": JOB, "fetch_to": os.path.join(env.work, "fetched")})
+
+
+def test_rollout_converges_and_dead_host_does_not_stop_the_others(env):
+    run, report, _seconds = first_rollout(env)
+    fleet = env.fleet
+    stats = report["stats"]
+    assert set(stats) == set(fleet.hosts + fleet.dead_hosts), describe(run, report)
+    for host in fleet.hosts:
+        assert stats[host]["failures"] == 0 and stats[host]["unreachable"] == 0, describe(run, report)
+        assert stats[host]["ok"] > 0 and stats[host]["changed"] > 0, describe(run, report)
+    (dead,) = fleet.dead_hosts
+    assert stats[dead]["unreachable"] >= 1 and stats[dead]["ok"] == 0, describe(run, report)
+    assert run.rc == 4, "ansible-playbook exits 4 when a host is unreachable\n" + describe(run, report)
+    # the others went through the whole play: every reachable host got the same tasks
+    per_host = {h: [t["task"] for t in report["tasks"] if t["host"] == h] for h in fleet.hosts}
+    first = per_host[fleet.hosts[0]]
+    assert first and all(tasks == first for tasks in per_host.values()), per_host
+
+    for host in fleet.hosts:
+        # each appliance got the runtime and the job in its own private tree
+        job_file = "/etc/sar-backup/jobs/%s.json" % JOB
+        assert json.loads(fleet.read_file(host, job_file))["name"] == JOB
+        mode = fleet.run(host, ["stat", "-c", "%a", job_file]).stdout.decode().strip()
+        assert mode == "600"
+        timer = fleet.read_file(host, "/etc/systemd/system/sar-backup-%s.timer" % JOB).decode()
+        assert "OnCalendar=" in timer and "Persistent=true" in timer
+        assert fleet.run(host, ["test", "-f", "/etc/systemd/system/sar-backup@.service"], check=False).returncode == 0
+        listed = fleet.run(host, ["/usr/local/bin/sar-backup", "list"], check=False)
+        assert listed.returncode == 0 and JOB in listed.stdout.decode(), listed
+
+
+def test_second_rollout_changes_nothing(env):
+    run, report, _seconds = second_rollout(env)
+    stats = report["stats"]
+    for host in env.fleet.hosts:
+        assert stats[host]["failures"] == 0 and stats[host]["unreachable"] == 0, describe(run, report)
+        assert stats[host]["ok"] > 0, describe(run, report)
+        changed = [t["task"] for t in report["tasks"] if t["host"] == host and t.get("changed")]
+        assert stats[host]["changed"] == 0, "%s changed on re-run: %s" % (host, changed)
+    (dead,) = env.fleet.dead_hosts
+    assert stats[dead]["unreachable"] >= 1
+
+
+def test_run_job_everywhere_each_appliance_its_own_archive(env):
+    from ansible_collections.sar.backup.plugins.module_utils import archive
+    from ansible_collections.sar.backup.plugins.module_utils.targets.base import archive_pattern
+
+    run, report, _seconds = job_run(env)
+    fleet = env.fleet
+    fetch_to = os.path.join(env.work, "fetched")
+    stats = report["stats"]
+    for host in fleet.hosts:
+        assert stats[host]["failures"] == 0 and stats[host]["unreachable"] == 0, describe(run, report)
+    (dead,) = fleet.dead_hosts
+    assert stats.get(dead, {}).get("ok", 0) == 0
+    assert not os.path.exists(os.path.join(fetch_to, dead))
+
+    pattern = archive_pattern(JOB)
+    names = set()
+    for host in fleet.hosts:
+        hostname = fleet.hostname_of(host)
+        assert hostname == host  # the appliance's own UTS name
+
+        status = json.loads(fleet.read_file(host, "/var/lib/sar-backup/status/%s.json" % JOB))
+        assert status["code"] == "successful", status
+        name = status["archive"]["name"]
+        assert pattern.match(name) and name.startswith("%s_%s_" % (JOB, hostname)), name
+        assert all(t["code"] == "successful" for t in status["targets"]), status["targets"]
+        names.add(name)
+
+        # the local target's copy lives in the appliance's private tmpfs, not on the host
+        kept = "/var/lib/sar-backup/archives/starface-backup/%s/%s" % (JOB, name)
+        assert fleet.run(host, ["test", "-f", kept], check=False).returncode == 0
+        assert not os.path.exists(kept)
+
+        # fetched to <fetch_to>/<inventory_hostname>/<archive name>, intact
+        fetched_dir = os.path.join(fetch_to, host)
+        assert os.listdir(fetched_dir) == [name]
+        fetched = os.path.join(fetched_dir, name)
+        with open(fetched, "rb") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == status["archive"]["sha256"]
+        results = [t for t in report["tasks"] if t["host"] == host and t.get("fetched_path")]
+        assert results and os.path.realpath(results[-1]["fetched_path"]) == os.path.realpath(fetched), results
+
+        # its content: this appliance's manifest and announcement files, nobody else's
+        verified = archive.verify(fetched)
+        assert verified["checksums_ok"]
+        assert verified["manifest"]["host"] == hostname
+        assert verified["manifest"]["job"] == JOB
+        member_names = [m["name"] for m in verified["members"]]
+        own = [m for m in member_names if os.path.basename(m) == "%s.txt" % hostname]
+        assert len(own) == 1, member_names
+        others = [m for m in member_names if re.match(r"pbx\d+-", os.path.basename(m)) and m not in own]
+        assert not others, others
+        wanted = {own[0]} | {m for m in member_names if os.path.basename(m) == "greeting.wav"}
+        with archive.open_members(fetched) as members:
+            contents = {info.name: handle.read() for info, handle in members if handle is not None and info.name in wanted}
+        assert contents[own[0]] == env.files[host]["%s.txt" % hostname]
+        assert [v for k, v in contents.items() if k != own[0]] == [env.files[host]["greeting.wav"]]
+        # the announcements source is this appliance's directory; core came from the shared database
+        sources = verified["manifest"]["sources"]
+        assert [s["origin"] for s in sources if s["category"] == "announcements"] == [ANNOUNCEMENTS]
+        assert any(s["category"] == "core" and s["kind"] == "postgresql" for s in sources), sources
+    assert len(names) == APPLIANCES  # five different archives
+
