@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """`make demo`: a real backup of a sample appliance, then its restore check.
 
@@ -92,12 +91,12 @@ def main() -> int:
                 tables = {"core": sample.CORE_TABLES, "cdr_voicemail": sample.CDR_TABLES}[src["category"]]
                 same = all(sample.table_rows(cluster, t, db=db) == sample.table_rows(cluster, t) for t in tables)
                 rows = sum(len(sample.table_rows(cluster, t, db=db)) for t in tables)
-                say("   %-14s database: %d tables, %d rows %s" % (src["category"], len(tables), rows,
-                                                               "identical" if same else "DIFFER"))
+                verdict = "identical" if same else "DIFFER"
+                say("   %-14s database: %d tables, %d rows %s" % (src["category"], len(tables), rows, verdict))
             else:
                 same = sample.tree_snapshot(src["origin"]) == sample.tree_snapshot(os.path.join(out, src["member"]))
-                say("   %-14s files:    %s (%d files) %s" % (src["category"], src["origin"], src.get("files") or 0,
-                                                             "identical" if same else "DIFFER"))
+                verdict = "identical" if same else "DIFFER"
+                say("   %-14s files:    %s (%d files) %s" % (src["category"], src["origin"], src.get("files") or 0, verdict))
             ok = ok and same
         say("== %s" % ("demo OK: verified archive, restore identical to the sources" if ok else "demo FAILED"))
         return 0 if ok else 1

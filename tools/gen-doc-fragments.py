@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Regenerate the DEFINITION doc fragment (sar_backup_run's `definition`
 suboptions) from the job options in plugins/doc_fragments/job.py DOCUMENTATION.

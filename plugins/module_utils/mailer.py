@@ -78,7 +78,7 @@ def _compose(sender: str, to: list, subject: str, text: str, html, parts: list,
     if html is not None:
         msg.add_alternative(html, subtype="html")
     for filename, data, mime in parts:
-        maintype, _, subtype = (mime or "application/octet-stream").partition("/")
+        maintype, _sep, subtype = (mime or "application/octet-stream").partition("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
                            filename=filename, cte="base64")
     return msg
