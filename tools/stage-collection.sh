@@ -10,6 +10,11 @@ rsync -a --delete \
     --exclude /.git --exclude /.venv --exclude /.build --exclude /tests/output \
     --exclude /bench/output --exclude __pycache__ --exclude .pytest_cache \
     "$root"/ "$dest"/
+# ansible-test units installs tests/unit/requirements.txt from a copy of its
+# own, where `-r ../../requirements/...` cannot resolve: flatten it here, so the
+# pins still live only in requirements/.
+grep -hv -e '^#' -e '^-r' -e '^$' "$root/requirements/runtime.txt" "$root/requirements/unit.txt" \
+    > "$dest/tests/unit/requirements.txt"
 cd "$dest"
 if [ ! -d .git ]; then
     git init -q

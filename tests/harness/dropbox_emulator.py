@@ -357,6 +357,29 @@ class DropboxEmulator:
             self.faults = []
             self.blocked_until = 0.0
 
+    def reset(self) -> None:
+        """Empty storage, sessions, cursors, faults, quota and call log (between tests)."""
+        with self.lock:
+            for node in self.nodes.values():
+                if node.blob:
+                    try:
+                        os.unlink(node.blob)
+                    except OSError:
+                        pass
+            for session in self.sessions.values():
+                try:
+                    os.unlink(session.blob)
+                except OSError:
+                    pass
+            self.nodes = {"": Node("folder", "", "id:root")}
+            self.sessions = {}
+            self.cursors = {}
+            self.faults = []
+            self.blocked_until = 0.0
+            self.quota = None
+            self.page_size = 2000
+            self.calls = []
+
     def expire_access_tokens(self) -> None:
         with self.lock:
             for token in self.tokens:

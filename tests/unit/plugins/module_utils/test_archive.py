@@ -579,6 +579,15 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+def _child_env() -> dict:
+    """The child imports the collection the same way this process did (under
+    ansible-test units the collection root is only on our sys.path)."""
+    root = os.path.abspath(archive.__file__)
+    for _level in range(6):  # .../ansible_collections/sar/backup/plugins/module_utils/archive.py
+        root = os.path.dirname(root)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in sys.path if p]))
+
+
 @pytest.mark.parametrize("threads", [None, 4])
 def test_large_file_with_bounded_memory(tmp_path, threads):
     """Peak RSS growth while writing, then verifying and extracting, 96 MiB (more than the limit), each in a fresh process
@@ -589,7 +598,7 @@ def test_large_file_with_bounded_memory(tmp_path, threads):
     limit = 64 * 1024 * 1024
     for phase in ("write", "read"):
         res = subprocess.run([sys.executable, "-c", prelude + MEMORY_SCRIPT, str(tmp_path), phase],
-                             capture_output=True, text=True, check=False)
+                             capture_output=True, text=True, check=False, env=_child_env())
         assert res.returncode == 0, res.stderr
         base, peak = (int(x) for x in res.stdout.split())
         assert peak - base < limit, "%s grew peak RSS by %d MiB" % (phase, (peak - base) >> 20)
