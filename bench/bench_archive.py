@@ -69,7 +69,8 @@ except BaseException:
     writer.abort()
     raise
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_kb": usage.ru_maxrss,
                   "info": info}, default=str))
 """
 
@@ -85,7 +86,8 @@ else:
     result = archive.verify(args["path"])
 seconds = time.perf_counter() - start
 summary = {"members": len(result.get("members", [])), "checksums_ok": result.get("checksums_ok")}
-print(json.dumps({"seconds": seconds, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_kb": usage.ru_maxrss,
                   "info": summary}, default=str))
 """
 
@@ -112,18 +114,19 @@ for index, argv in enumerate(stages):
         prev.stdout.close()
     procs.append(proc)
     prev = proc
-peaks = []
+peaks, cpu = [], 0.0
 for proc in procs:
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit("%s exited with %d" % (proc.args[0], proc.returncode))
     peaks.append(usage.ru_maxrss)
+    cpu += usage.ru_utime + usage.ru_stime
 if out != "-":
     os.fsync(sink.fileno())
     sink.close()
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_rss_kb": sum(peaks), "peaks_kb": peaks}))
+print(json.dumps({"seconds": seconds, "cpu_s": cpu, "peak_rss_kb": sum(peaks), "peaks_kb": peaks}))
 """
 
 
@@ -297,7 +300,8 @@ def measure(argv: list) -> dict:
 
 def row(tool: str, runs: list, input_bytes: int, output_bytes) -> dict:
     seconds = statistics.median(r["seconds"] for r in runs)
-    out = {"tool": tool, "seconds": round(seconds, 2), "input_mb_s": round(input_bytes / MB / seconds, 1)}
+    out = {"tool": tool, "seconds": round(seconds, 2), "input_mb_s": round(input_bytes / MB / seconds, 1),
+           "cpu_s": round(statistics.median(r["cpu_s"] for r in runs), 2)}
     if output_bytes is not None:
         out["output_mb"] = round(output_bytes / MB, 1)
         out["output_pct"] = round(100.0 * output_bytes / input_bytes, 1)
@@ -385,7 +389,7 @@ def run(workdir: str, size_bytes: int) -> dict:
                             continue
                         raise
         rows = [row(labels[key], runs, inputs[key], runs[0]["size"]) for key, runs in results.items()]
-        rows.append({"tool": "(python + engine imported, idle)", "seconds": "-", "input_mb_s": "-", "output_mb": "-",
+        rows.append({"tool": "(python + engine imported, idle)", "seconds": "-", "input_mb_s": "-", "cpu_s": "-", "output_mb": "-",
                      "output_pct": "-", "peak_rss_mb": round(idle["peak_rss_kb"] / 1024.0, 1), "runs_s": "-"})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -395,11 +399,16 @@ def run(workdir: str, size_bytes: int) -> dict:
     def speed(key: str) -> float:
         return by_key[key]["input_mb_s"]
 
+    def cpu(key: str) -> float:
+        return by_key[key]["cpu_s"]
+
     out = {
         "title": "archive build and verify vs GNU tar + gzip / zstd",
         "rows": rows,
         "ratio": round(speed("ours_zstd") / speed("tar_zstd"), 3),
+        "ratio_cpu_zstd": round(cpu("tar_zstd") / cpu("ours_zstd"), 3),
         "ratio_gzip": round(speed("ours_gzip") / speed("tar_gzip"), 3),
+        "ratio_cpu_gzip": round(cpu("tar_gzip") / cpu("ours_gzip"), 3),
         "ratio_verify": round(speed("ours_verify") / speed("tar_list"), 3),
         "ratio_verify_vs_zstd_sha256sum": round(speed("ours_verify") / speed("zstd_sha"), 3),
         "ratio_output_size_zstd": round(by_key["ours_zstd"]["output_mb"] / by_key["tar_zstd"]["output_mb"], 3),
@@ -423,7 +432,10 @@ def run(workdir: str, size_bytes: int) -> dict:
         "idle row; pipelines: the sum over their processes). The 2x row adds the same trees twice, so the writer sees "
         "twice the data: bounded memory means its peak RSS stays about the same as the 1x row.",
         "'ratio' = our zstd MB/s / `tar | zstd -3 -T0` MB/s (> 1 means we are faster); ratio_gzip, ratio_verify alike; "
-        "ratio_output_size_* = our bytes / the peer's bytes (< 1 means smaller). `zstd -dc | tar -t` only walks headers, "
+        "ratio_cpu_* = the peer's CPU seconds / ours "
+        "(user + system of every process involved, interpreter start included; less sensitive than wall time to other load "
+        "on a shared machine; > 1 means we use less CPU); ratio_output_size_* = our bytes / the peer's bytes (< 1 means smaller). "
+        "`zstd -dc | tar -t` only walks headers, "
         "our verify also hashes every member (so `zstd -dc | sha256sum`, which decompresses and hashes everything, is given too). "
         "age: the passphrase recipient uses scrypt (work factor 2^18, about 256 MiB and ~0.5 s by design), which sets "
         "the peak RSS of the encrypted rows; the encryption itself streams in 64 KiB chunks.",

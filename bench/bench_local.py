@@ -64,7 +64,8 @@ target = target_class("local")(opts, ctx)
 start = time.perf_counter()
 result = target.deliver(args["src"], args["name"], args["size"], args["sha256"])
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "result": result}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_kb": usage.ru_maxrss, "result": result}))
 """
 
 # Runs a shell command under a small parent, so RUSAGE_CHILDREN covers that command only.
@@ -73,7 +74,8 @@ import json, resource, subprocess, sys, time
 start = time.perf_counter()
 subprocess.run(["sh", "-c", sys.argv[1]], check=True)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_kb": usage.ru_maxrss}))
 """
 
 
@@ -108,6 +110,7 @@ def measure(argv: list) -> dict:
 def row(tool: str, runs: list, size: int) -> dict:
     seconds = statistics.median(r["seconds"] for r in runs)
     return {"tool": tool, "seconds": round(seconds, 3), "mb_s": round(size / MB / seconds, 1),
+            "cpu_s": round(statistics.median(r["cpu_s"] for r in runs), 3),
             "peak_rss_mb": round(max(r["peak_rss_kb"] for r in runs) / 1024.0, 1),
             "runs_s": [round(r["seconds"], 2) for r in runs]}
 

@@ -77,13 +77,14 @@ Fault injection (thread-safe, may be changed while running):
   rate limiter; `count` such windows.
 - `drop_during_append(after_bytes, count=1)`: an append_v2 reads
   `after_bytes` of its body, then the connection is reset (nothing appended).
-- `drop_after_append(count=1)`: an append_v2 is applied, then the connection
-  is closed without an answer (the client's retry gets `incorrect_offset`).
+- `drop_after_append(count=1, route=append_v2)`: the request is applied, then
+  the connection is closed without an answer (a retried append gets
+  `incorrect_offset`; a retried finish `lookup_failed/not_found`).
 - `quota`: bytes of storage (None: unlimited); commits beyond it fail with
   `insufficient_space`.
 - `expire_access_tokens()`: every access token issued so far expires.
 - `page_size`: list_folder entries per page.
-`calls` records (host kind, route, HTTP status, time) of every request.
+`calls` records a Call(host, route, status, time, length) per request.
 """
 
 from __future__ import annotations
@@ -247,6 +248,15 @@ class Fault:
     after_bytes: int = 0
 
 
+@dataclass
+class Call:
+    host: str  # "api" | "content"
+    route: str
+    status: int  # 0: connection dropped without an answer
+    time: float
+    length: int  # request body bytes (Content-Length)
+
+
 class _DropConnection(Exception):
     """Close the connection without an answer."""
 
@@ -348,9 +358,11 @@ class DropboxEmulator:
         with self.lock:
             self.faults.append(Fault("drop_during", count, "files/upload_session/append_v2", after_bytes=after_bytes))
 
-    def drop_after_append(self, count: int = 1) -> None:
+    def drop_after_append(self, count: int = 1, route: str = "files/upload_session/append_v2") -> None:
+        """The request (append_v2, or `route`: finish, upload, start) is applied,
+        then the connection is closed without an answer."""
         with self.lock:
-            self.faults.append(Fault("drop_after", count, "files/upload_session/append_v2"))
+            self.faults.append(Fault("drop_after", count, route))
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -417,7 +429,7 @@ class DropboxEmulator:
 
     def routes_called(self) -> list:
         with self.lock:
-            return [c[1] for c in self.calls]
+            return [c.route for c in self.calls]
 
     # -- internals ---------------------------------------------------------------
     def _new_id(self, prefix: str) -> str:
@@ -886,7 +898,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 pass
         finally:
             with self.emu.lock:
-                self.emu.calls.append((self.server.kind, route, status, time.time()))
+                self.emu.calls.append(Call(self.server.kind, route, status, time.time(), self._length()))
 
     # -- plumbing ----------------------------------------------------------------
     def _length(self) -> int:
@@ -1043,15 +1055,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = self._body()
         self._body_read = True
         if route == "files/upload":
-            return self._send(200, emu.upload(arg, data))
-        if route == "files/upload_session/start":
-            return self._send(200, emu.session_start(arg, data))
-        if route == "files/upload_session/append_v2":
+            result = emu.upload(arg, data)
+        elif route == "files/upload_session/start":
+            result = emu.session_start(arg, data)
+        elif route == "files/upload_session/append_v2":
             result = emu.session_append(arg, data)
-            if fault is not None and fault.kind == "drop_after":
-                raise _DropConnection()
-            return self._send(200, result)
-        return self._send(200, emu.session_finish(arg, data))
+        else:
+            result = emu.session_finish(arg, data)
+        if fault is not None and fault.kind == "drop_after":
+            raise _DropConnection()  # applied, but the answer is lost
+        return self._send(200, result)
 
     def _send_file(self, node: Node, meta: dict) -> int:
         self.send_response(200)
