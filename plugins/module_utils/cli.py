@@ -44,20 +44,53 @@ def err(text: str) -> None:
 
 
 class Console:
-    """Phase lines: on a terminal with times for people; under systemd plain
-    lines the journal timestamps itself."""
+    """Phase lines: on a terminal with times and a live progress line (bytes,
+    rate, ETA) for people; under systemd plain lines the journal timestamps."""
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.began = time.monotonic()
+        self.phase_began = None
+        self.drawn = 0.0
+        self.live = False
 
     def __call__(self, msg: str) -> None:
+        self._end_live()
         if self.tty:
             self.stream.write("[%6.1fs] %s\n" % (time.monotonic() - self.began, msg))
         else:
             self.stream.write("%s\n" % msg)
         self.stream.flush()
+
+    def progress(self, phase: str, done: int, total) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if self.phase_began is None:
+            self.phase_began = now
+        if now - self.drawn < 0.2 and not (total and done >= total):
+            return
+        self.drawn = now
+        rate = done / max(now - self.phase_began, 1e-6)
+        line = "  %s: %s" % (phase, _mb(done))
+        if total:
+            eta = max(total - done, 0) / rate if rate else 0
+            line += " / %s (%3d%%)  ETA %d:%02d" % (_mb(total), min(100, done * 100 // max(total, 1)), eta // 60, eta % 60)
+        line += "  %s/s" % _mb(rate)
+        self.stream.write("\r" + line.ljust(78))
+        self.stream.flush()
+        self.live = True
+
+    def _end_live(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+            self.live = False
+            self.phase_began = None
+
+
+def _mb(num) -> str:
+    return "%.1f MB" % (num / 1e6)
 
 
 def _read_secret_file(path):
@@ -70,7 +103,8 @@ def _read_secret_file(path):
 def cmd_run(store: Store, args) -> int:
     job = store.load_job(args.job)
     console = Console()
-    result = run_job(job, store, wait=parse_duration(args.wait, "--wait"), scheduled=args.scheduled, log=console)
+    result = run_job(job, store, wait=parse_duration(args.wait, "--wait"), scheduled=args.scheduled, log=console,
+                     progress=console.progress)
     code = result["code"]
     archive = result.get("archive") or {}
     if code == errors.NOT_DUE:

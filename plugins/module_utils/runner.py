@@ -46,7 +46,7 @@ class Run:
     """Holds what one run needs; `execute()` or `dry_run()` returns the result dict."""
 
     def __init__(self, job: dict, store, *, wait: float = 0, scheduled: bool = False,
-                 keep_archive: bool = False, log=None, describe_missing=None, now=None):
+                 keep_archive: bool = False, log=None, describe_missing=None, now=None, progress=None):
         self.job = job
         self.store = store
         self.settings = store.settings()
@@ -54,6 +54,8 @@ class Run:
         self.scheduled = scheduled
         self.keep_archive = keep_archive
         self.log_func = log
+        # progress(phase, bytes_done, bytes_total): the CLI draws it on a terminal.
+        self.progress = progress
         # Adapters turn a missing library into their own wording (Ansible's).
         self.describe_missing = describe_missing or str
         self.host = short_hostname()
@@ -241,14 +243,22 @@ class Run:
 
     def build(self, path: str, plan) -> dict:
         writer = ArchiveWriter(path, compression=self.job["compression"], encryption=self.job.get("encryption"))
+        tick = None
+        if self.progress:
+            total = sum(src.size or 0 for src in plan)
+            done = [0]
+
+            def tick(increment):
+                done[0] += increment
+                self.progress("archive", done[0], total)
         try:
             writer.add_manifest(self.manifest(plan))
             for src in plan:
                 if src.kind == "postgresql":
-                    writer.add_file(src.member, src.local_path)
+                    writer.add_file(src.member, src.local_path, progress=tick)
                     os.unlink(src.local_path)  # free staging space early
                 else:
-                    writer.add_tree(src.member, src.origin)
+                    writer.add_tree(src.member, src.origin, progress=tick)
             return writer.close()
         except BaseException:
             writer.abort()

@@ -370,7 +370,8 @@ class DropboxEmulator:
             self.blocked_until = 0.0
 
     def reset(self) -> None:
-        """Empty storage, sessions, cursors, faults, quota and call log (between tests)."""
+        """Empty storage, sessions, cursors, faults, quota, call log and issued
+        short-lived tokens (between tests)."""
         with self.lock:
             for node in self.nodes.values():
                 if node.blob:
@@ -391,6 +392,7 @@ class DropboxEmulator:
             self.quota = None
             self.page_size = 2000
             self.calls = []
+            self.tokens = {self.access_token: None}
 
     def expire_access_tokens(self) -> None:
         with self.lock:

@@ -219,3 +219,33 @@ def test_list_and_verify(host, capsys):
     open(path, "wb").write(bytes(data))
     assert sar(host, "verify", path) == 1
     assert "CORRUPT" in capsys.readouterr().out
+
+
+def test_run_on_a_terminal_shows_progress_and_plain_lines_otherwise(host):
+    import pty
+    save_job(host["store"], data=["core", "cdr_voicemail", "announcements"])
+    code = "import sys; from ansible_collections.sar.backup.plugins.module_utils import cli; sys.exit(cli.main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "--config-dir", host["store"].config_dir, "run", "nightly"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait() == 0
+    os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert re.search(r"archive: [\d.]+ MB / [\d.]+ MB \(\s*\d+%\)  ETA \d+:\d\d  [\d.]+ MB/s", screen), screen
+    assert re.search(r"\[\s*[\d.]+s\] nightly: successful", screen)
+    # Not a terminal (systemd): phase lines only, no progress redraws.
+    plain = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert plain.returncode == 0
+    assert "\r" not in plain.stderr and "ETA" not in plain.stderr
+    assert "nightly: successful" in plain.stderr

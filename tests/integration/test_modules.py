@@ -362,3 +362,15 @@ def test_no_secret_in_verbose_diff_output_or_status(env):
     for secret in secrets:
         assert secret not in text
         assert secret not in status_text
+
+
+def test_async_run_and_fetch_to_refused_with_async(env):
+    tasks = [settings_task(env), job_task(env, local_job(data=["announcements"]), "job"),
+             dict(run_task(env, "async-run", job="nightly"), **{"async": 120, "poll": 1}),
+             dict(run_task(env, "async-fetch", job="nightly", fetch_to=str(env["base"] / "ctl"), ignore_errors=True),
+                  **{"async": 120, "poll": 1})]
+    run = run_playbook(tasks, str(env["base"]))
+    res = run.results()
+    assert res["async-run"].get("failed") is not True, res["async-run"]
+    assert res["async-run"]["code"] == "successful" and res["async-run"]["archive"]["name"].endswith(".sar")
+    assert res["async-fetch"]["failed"] is True and "async" in res["async-fetch"]["msg"]

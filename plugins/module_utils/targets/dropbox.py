@@ -54,6 +54,7 @@ import io
 import json
 import os
 import posixpath
+import ssl
 import time
 import uuid
 
@@ -262,7 +263,11 @@ class DropboxTarget(Target):
         if dropbox_sdk is None:
             raise MissingLibrary("dropbox", "dropbox target")
         if test_mode():
-            session = dropbox_sdk.create_session(ca_certs=os.environ.get(TEST_CA_VAR) or None)
+            ca_file = os.environ.get(TEST_CA_VAR) or None
+            if ca_file and not os.path.isfile(ca_file):
+                raise TargetError("%s: the CA bundle in %s (%s) does not exist" % (self.location(), TEST_CA_VAR, ca_file),
+                                  errors.CONNECT_FAILED)
+            session = dropbox_sdk.create_session(ca_certs=ca_file)
             # REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE of the environment would override ca_certs.
             session.trust_env = False
         else:
@@ -344,7 +349,11 @@ class DropboxTarget(Target):
                 raise TargetError("%s: unexpected HTTP %s from Dropbox while %s"
                                   % (self.location(), exc.status_code, what), errors.FAILED) from None
             except requests.exceptions.SSLError as exc:
-                raise TargetError("%s: TLS connection to Dropbox failed while %s (certificate not trusted?): %s"
+                if not isinstance(self._innermost(exc), ssl.SSLCertVerificationError):
+                    # A TLS stream cut mid-request (EOF, reset) is a lost connection, not a trust problem.
+                    attempt = self._backoff(attempt, what, self._short(exc), exc)
+                    continue
+                raise TargetError("%s: TLS connection to Dropbox failed while %s (certificate not trusted): %s"
                                   % (self.location(), what, self.scrub(self._short(exc))), errors.CONNECT_FAILED) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
@@ -363,10 +372,10 @@ class DropboxTarget(Target):
         return attempt
 
     @staticmethod
-    def _short(exc) -> str:
-        """The innermost reason of a requests error, without the URL noise."""
+    def _innermost(exc) -> BaseException:
+        """The innermost cause of a requests/urllib3 error."""
         reason = exc
-        for _depth in range(6):
+        for _depth in range(8):
             inner = reason.args[0] if getattr(reason, "args", None) else None
             if isinstance(inner, BaseException):
                 reason = inner
@@ -375,7 +384,16 @@ class DropboxTarget(Target):
             if isinstance(inner, BaseException):
                 reason = inner
                 continue
+            inner = reason.__cause__ or reason.__context__
+            if isinstance(inner, BaseException) and not isinstance(reason, ssl.SSLError):
+                reason = inner
+                continue
             break
+        return reason
+
+    def _short(self, exc) -> str:
+        """The innermost reason of a requests error, without the URL noise."""
+        reason = self._innermost(exc)
         text = str(reason)
         return "%s: %s" % (type(reason).__name__, text[:200]) if text else type(reason).__name__
 
