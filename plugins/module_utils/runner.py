@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,7 +24,7 @@ from .fsutil import short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
 from .store import effective_metrics_path
 from .targets import target_class
-from .targets.base import TargetContext
+from .targets.base import TargetContext, archive_pattern
 
 VERSION = "0.1.0"
 FORMAT_VERSION = 1
@@ -164,6 +165,22 @@ class Run:
         os.makedirs(root, mode=0o700, exist_ok=True)
         return root
 
+    def clean_stale_staging(self, root: str) -> None:
+        """Remove what a killed run of this job left in staging. Safe: we hold
+        the maintenance lock, so no other run is building there."""
+        workdir = re.compile(r"^\.%s-[a-z0-9_]{8}$" % re.escape(self.job["name"]))
+        kept_copy = archive_pattern(self.job["name"])
+        for entry in os.listdir(root):
+            path = os.path.join(root, entry)
+            stale_dir = bool(workdir.match(entry)) and os.path.isdir(path)
+            stale_copy = bool(kept_copy.match(entry)) and os.path.isfile(path)
+            if stale_dir or stale_copy:
+                self.log("removing leftover %s from an interrupted run" % path)
+                if stale_dir:
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+
     def locked_run(self) -> dict:
         job = self.job
         profile = self.settings["profile"]
@@ -172,6 +189,7 @@ class Run:
             sources.check(plan, profile)
             estimate = sources.estimate(plan, profile)
             staging = self.staging_root()
+            self.clean_stale_staging(staging)
             free = shutil.disk_usage(staging).free
             need = estimate + int(self.settings.get("min_free_space", 0))
             if free < need:

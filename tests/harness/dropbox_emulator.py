@@ -80,6 +80,8 @@ Fault injection (thread-safe, may be changed while running):
 - `drop_after_append(count=1, route=append_v2)`: the request is applied, then
   the connection is closed without an answer (a retried append gets
   `incorrect_offset`; a retried finish `lookup_failed/not_found`).
+- `corrupt_next(route=append_v2, count=1)`: one bit of that request's body is
+  flipped on arrival (its per-request content_hash then fails).
 - `quota`: bytes of storage (None: unlimited); commits beyond it fail with
   `insufficient_space`.
 - `expire_access_tokens()`: every access token issued so far expires.
@@ -239,7 +241,7 @@ class Session:
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "ratelimit" | "drop_during" | "drop_after"
+    kind: str  # "status" | "ratelimit" | "drop_during" | "drop_after" | "corrupt"
     count: int | None  # None: forever
     route: str | None = None
     status: int = 503
@@ -363,6 +365,12 @@ class DropboxEmulator:
         then the connection is closed without an answer."""
         with self.lock:
             self.faults.append(Fault("drop_after", count, route))
+
+    def corrupt_next(self, route: str = "files/upload_session/append_v2", count: int = 1) -> None:
+        """The body of the next `route` request arrives with one bit flipped (damage in
+        transit): its content_hash no longer matches -> 409 content_hash_mismatch."""
+        with self.lock:
+            self.faults.append(Fault("corrupt", count, route))
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -880,6 +888,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self.server.emulator
 
     def do_GET(self):
+        self._route = urllib.parse.urlsplit(self.path).path.lstrip("/")
+        self._recorded = False
         self._drain()
         self._send(405, "Method not allowed", "text/plain; charset=utf-8")
 
@@ -888,19 +898,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         route_path = parsed.path
         route = route_path[3:] if route_path.startswith("/2/") else route_path.lstrip("/")
         self._body_read = False  # one handler serves every request of a keep-alive connection
-        status = 500
+        self._route = route
+        self._recorded = False
         try:
-            status = self._dispatch(route, parsed)
+            self._dispatch(route, parsed)
         except _DropConnection:
-            status = 0
+            self._record(0)
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
         finally:
-            with self.emu.lock:
-                self.emu.calls.append(Call(self.server.kind, route, status, time.time(), self._length()))
+            self._record(500)  # only if nothing was recorded (an exception in the emulator)
+
+    def _record(self, status: int) -> None:
+        """Log the call before its answer leaves, so a client never sees an answer whose call is not logged yet."""
+        if self._recorded:
+            return
+        self._recorded = True
+        with self.emu.lock:
+            self.emu.calls.append(Call(self.server.kind, self._route, status, time.time(), self._length()))
 
     # -- plumbing ----------------------------------------------------------------
     def _length(self) -> int:
@@ -936,6 +954,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             payload = body.encode()
         else:
             payload = body
+        self._record(status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -1056,6 +1075,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _DropConnection()
         data = self._body()
         self._body_read = True
+        if fault is not None and fault.kind == "corrupt" and data:
+            damaged = bytearray(data)
+            damaged[len(damaged) // 2] ^= 0x01
+            data = bytes(damaged)
         if route == "files/upload":
             result = emu.upload(arg, data)
         elif route == "files/upload_session/start":
@@ -1069,6 +1092,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self._send(200, result)
 
     def _send_file(self, node: Node, meta: dict) -> int:
+        self._record(200)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(node.size))

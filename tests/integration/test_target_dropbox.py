@@ -205,7 +205,7 @@ def test_keep_prunes_only_this_jobs_archives(emu, tmp_path):
     target = make_target(emu, tmp_path, keep=2)
     pruned = []
     for second in (1, 2, 3):
-        path, sha, _ = make_archive(tmp_path, 1000 + second, name_at(second))
+        path, sha = make_archive(tmp_path, 1000 + second, name_at(second))[:2]
         pruned += target.deliver(path, name_at(second), 1000 + second, sha)["pruned"]
 
     assert pruned == [name_at(1)]
@@ -227,7 +227,7 @@ def test_listing_follows_cursors(emu, tmp_path):
 
 
 def test_read_back_streams_the_archive(emu, tmp_path):
-    path, sha, _ = make_archive(tmp_path, 10 * MiB + 11)
+    path, sha = make_archive(tmp_path, 10 * MiB + 11)[:2]
     make_target(emu, tmp_path).deliver(path, NAME, 10 * MiB + 11, sha)
     fresh = make_target(emu, tmp_path, verify="full")  # no local source known: verify downloads
     fresh.connect()
@@ -244,7 +244,7 @@ def test_read_back_streams_the_archive(emu, tmp_path):
 
 
 def test_changed_content_of_same_size_fails_full_verify(emu, tmp_path):
-    path, sha, _ = make_archive(tmp_path, 5 * MiB)
+    path, sha = make_archive(tmp_path, 5 * MiB)[:2]
     target = make_target(emu, tmp_path, verify="full")
     target.connect()
     try:
@@ -273,7 +273,7 @@ def test_check_mode_probe_leaves_nothing(emu, tmp_path):
 
 def test_a_file_in_the_way_of_the_folder(emu, tmp_path):
     emu.put_file(BASE + "/" + ROOT_DIR, b"a file, not a folder")
-    path, sha, _ = make_archive(tmp_path, 100)
+    path, sha = make_archive(tmp_path, 100)[:2]
     with pytest.raises(TargetError) as info:
         make_target(emu, tmp_path).deliver(path, NAME, 100, sha)
     assert info.value.code == errors.FAILED
@@ -282,7 +282,7 @@ def test_a_file_in_the_way_of_the_folder(emu, tmp_path):
 
 def test_existing_folder_is_fine_and_root_path_works(emu, tmp_path):
     emu.put_file("/" + ROOT_DIR + "/" + JOB + "/old.txt", b"x")
-    path, sha, _ = make_archive(tmp_path, 100)
+    path, sha = make_archive(tmp_path, 100)[:2]
     target = make_target(emu, tmp_path, path="/")
     assert target.location() == "dropbox:/"
     target.deliver(path, NAME, 100, sha)
@@ -292,14 +292,14 @@ def test_existing_folder_is_fine_and_root_path_works(emu, tmp_path):
 # -- credentials --------------------------------------------------------------------------
 
 def test_pkce_refresh_token_without_secret(emu, tmp_path):
-    path, sha, _ = make_archive(tmp_path, 100)
+    path, sha = make_archive(tmp_path, 100)[:2]
     make_target(emu, tmp_path, auth="pkce").deliver(path, NAME, 100, sha)
     assert sar_names(emu) == [NAME]
     assert calls(emu, "oauth2/token")[0].status == 200
 
 
 def test_expired_access_token_is_refreshed_mid_run(emu, tmp_path):
-    path, sha, _ = make_archive(tmp_path, 20 * MiB)
+    path, sha = make_archive(tmp_path, 20 * MiB)[:2]
     target = make_target(emu, tmp_path, auth="refresh")
     target.connect()
     try:
@@ -327,7 +327,7 @@ def test_refused_credentials_are_auth_failed_without_secrets(emu, tmp_path, case
         target = make_target(emu, tmp_path, auth="refresh", rec=rec, app_key="wrongkey")
     else:  # a non-PKCE refresh token needs the app secret
         target = make_target(emu, tmp_path, auth="refresh", rec=rec, app_secret=None)
-    path, sha, _ = make_archive(tmp_path, 100)
+    path, sha = make_archive(tmp_path, 100)[:2]
     with pytest.raises(TargetError) as info:
         target.deliver(path, NAME, 100, sha)
     assert info.value.code == errors.AUTH_FAILED
@@ -338,6 +338,15 @@ def test_refused_credentials_are_auth_failed_without_secrets(emu, tmp_path, case
             assert target.options[key] not in text
     assert not emu.list_names(BASE) and emu.node(BASE) is None  # nothing written
     assert not rec.sleeps  # refused credentials are not retried
+
+
+def test_refresh_token_without_app_key_is_auth_failed(tmp_path):
+    options = {"type": "dropbox", "refresh_token": "r-secret-" + "q" * 30, "path": "/", "keep": 7, "verify": "size"}
+    target = dropbox_target.DropboxTarget(options, TargetContext(job=JOB, host=HOST, config_dir=str(tmp_path)))
+    with pytest.raises(TargetError) as info:
+        target.connect()
+    assert info.value.code == errors.AUTH_FAILED and "app_key" in str(info.value)
+    assert options["refresh_token"] not in str(info.value)
 
 
 # -- unreachable, rate limits, faults ----------------------------------------------------------
@@ -396,7 +405,7 @@ def test_429_beyond_the_budget_fails_without_waiting_forever(emu, tmp_path):
     target = make_target(emu, tmp_path, rec=rec)
     target.RATE_LIMIT_BUDGET = 30
     emu.rate_limit_next(retry_after=3600, route="check/user")
-    path, sha, _ = make_archive(tmp_path, 100)
+    path, sha = make_archive(tmp_path, 100)[:2]
     with pytest.raises(TargetError) as info:
         target.deliver(path, NAME, 100, sha)
     assert info.value.code == errors.FAILED and info.value.transient
@@ -405,7 +414,7 @@ def test_429_beyond_the_budget_fails_without_waiting_forever(emu, tmp_path):
 
 
 def test_transient_503s_are_retried(emu, tmp_path):
-    path, sha, _ = make_archive(tmp_path, 20 * MiB)
+    path, sha = make_archive(tmp_path, 20 * MiB)[:2]
     rec = Recorder(scale=0.0)
     emu.fail_next(2, status=503)  # the first two requests, whatever they are
     make_target(emu, tmp_path, rec=rec, verify="full").deliver(path, NAME, 20 * MiB, sha)
@@ -446,8 +455,18 @@ def test_lost_finish_answer_is_recognised_as_committed(emu, tmp_path):
     assert [c.status for c in calls(emu, FINISH)] == [0, 409]  # committed, then lookup_failed/not_found
 
 
+@pytest.mark.parametrize("route", ["files/upload", "files/upload_session/start", APPEND, FINISH])
+def test_data_damaged_in_transit_is_refused_and_sent_again(emu, tmp_path, route):
+    size = 100 * 1024 if route == "files/upload" else 20 * MiB + 5
+    path, sha, chash = make_archive(tmp_path, size)
+    emu.corrupt_next(route)
+    make_target(emu, tmp_path, verify="full").deliver(path, NAME, size, sha)
+    assert emu.node(FOLDER + "/" + NAME).content_hash == chash
+    assert [c.status for c in calls(emu, route)][:2] == [409, 200]  # content_hash_mismatch, then the resend
+
+
 def test_persistent_failure_mid_session_commits_nothing(emu, tmp_path):
-    path, sha, _ = make_archive(tmp_path, 30 * MiB)
+    path, sha = make_archive(tmp_path, 30 * MiB)[:2]
     rec = Recorder(scale=0.0)
     target = make_target(emu, tmp_path, rec=rec)
     target.RETRIES = 3
@@ -463,7 +482,7 @@ def test_persistent_failure_mid_session_commits_nothing(emu, tmp_path):
 
 def test_insufficient_space_is_disk_full(emu, tmp_path):
     emu.quota = 10 * MiB
-    path, sha, _ = make_archive(tmp_path, 20 * MiB)
+    path, sha = make_archive(tmp_path, 20 * MiB)[:2]
     with pytest.raises(TargetError) as info:
         make_target(emu, tmp_path).deliver(path, NAME, 20 * MiB, sha)
     assert info.value.code == errors.DISK_FULL

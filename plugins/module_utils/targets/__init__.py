@@ -20,6 +20,8 @@ def target_class(type_name: str):
         from . import smb as module
     elif type_name == "sftp":
         from . import sftp as module
+    elif type_name == "dropbox":
+        from . import dropbox as module
     elif type_name == "email":
         from . import email as module
     else:

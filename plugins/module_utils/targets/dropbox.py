@@ -297,7 +297,7 @@ class DropboxTarget(Target):
         self.close()
         try:
             self.client = self.build_client()
-        except dbx_exc.BadInputException as exc:
+        except dropbox_sdk.dropbox_client.BadInputException as exc:  # e.g. refresh token without app key
             raise TargetError("%s: %s" % (self.location(), self.scrub(exc)), errors.AUTH_FAILED) from None
         self.call("signing in", self.client.check_and_refresh_access_token)
         self.call("checking the access token", self.client.check_user, "sar-backup")
@@ -339,13 +339,10 @@ class DropboxTarget(Target):
                 oauth = self._oauth_error(exc.message)
                 if oauth:
                     raise TargetError("%s: Dropbox refused the app credentials while %s (%s)"
-                                      % (self.location(), what, oauth), errors.AUTH_FAILED) from None
+                                      % (self.location(), what, self.scrub(oauth)), errors.AUTH_FAILED) from None
                 raise TargetError("%s: Dropbox refused the request while %s: %s"
                                   % (self.location(), what, self.scrub(str(exc.message)[:300])), errors.FAILED) from None
-            except dbx_exc.HttpError as exc:
-                if exc.status_code in (503, 502, 504):  # pragma: no cover (InternalServerError covers >= 500)
-                    attempt = self._backoff(attempt, what, "HTTP %s from Dropbox" % exc.status_code)
-                    continue
+            except dbx_exc.HttpError as exc:  # anything else (5xx is InternalServerError above)
                 raise TargetError("%s: unexpected HTTP %s from Dropbox while %s"
                                   % (self.location(), exc.status_code, what), errors.FAILED) from None
             except requests.exceptions.SSLError as exc:
