@@ -60,7 +60,7 @@ integration: collection
 molecule: collection
 	cd $(COLL)/extensions && molecule test --all
 
-test: sanity units lint integration
+test: sanity units lint integration molecule
 
 bench: collection
 	$(PY) bench/run.py

@@ -24,7 +24,7 @@ from .fsutil import short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
 from .store import effective_metrics_path
 from .targets import target_class
-from .targets.base import TargetContext, archive_pattern
+from .targets.base import TargetContext, archive_pattern, partial_name
 
 VERSION = "0.1.0"
 FORMAT_VERSION = 1
@@ -260,7 +260,10 @@ class Run:
         }
 
     def build(self, path: str, plan) -> dict:
-        writer = ArchiveWriter(path, compression=self.job["compression"], encryption=self.job.get("encryption"))
+        # Built under a partial name, renamed when complete: a killed run never
+        # leaves a truncated file under a .sar name, not even in staging.
+        building = os.path.join(os.path.dirname(path), partial_name(os.path.basename(path)))
+        writer = ArchiveWriter(building, compression=self.job["compression"], encryption=self.job.get("encryption"))
         tick = None
         if self.progress:
             total = sum(src.size or 0 for src in plan)
@@ -277,10 +280,13 @@ class Run:
                     os.unlink(src.local_path)  # free staging space early
                 else:
                     writer.add_tree(src.member, src.origin, progress=tick)
-            return writer.close()
+            info = dict(writer.close())
+            os.replace(building, path)
         except BaseException:
             writer.abort()
             raise
+        info["path"] = path
+        return info
 
     def deliver_one(self, index: int, options: dict, path: str, archive: dict) -> dict:
         entry = self.target_entry(index, options)

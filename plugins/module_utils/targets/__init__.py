@@ -22,6 +22,8 @@ def target_class(type_name: str):
         from . import sftp as module
     elif type_name == "dropbox":
         from . import dropbox as module
+    elif type_name == "usb":
+        from . import usb as module
     elif type_name == "email":
         from . import email as module
     else:

@@ -19,7 +19,10 @@ What this adds to the common delivery of base.Target:
 paramiko's public file API hides the SFTP status codes and drops errors of
 pipelined writes; the request/reply calls used here (`_async_request`,
 `_read_response`, the reply hook `_async_response`) are the ones its own
-SFTPFile is built on and have been stable since paramiko 1.x.
+SFTPFile is built on and have been stable since paramiko 1.x. Uploads take
+request ids the way `_async_request` does (its `_lock`, `request_number`,
+`_expecting`) and write their requests to the channel themselves, without
+paramiko's copies (see `_write_pipelined`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import posixpath
 import re
 import socket
 import stat
+import struct
 import uuid
 
 from .. import errors
@@ -168,6 +172,35 @@ def _expect_ok(reply) -> None:
     code = msg.get_int()
     if code != SFTP_OK:
         raise _StatusError(code, msg.get_text())
+
+
+# SSH_FXP_WRITE around its handle: uint32 length, byte type, uint32 request id,
+# uint32 handle length | handle | uint64 offset, uint32 data length.
+_WRITE_BEFORE_HANDLE = 13
+_WRITE_AFTER_HANDLE = 12
+
+
+def _register_request(sftp, fileobj) -> int:
+    """Take the next request id and route its reply to `fileobj`, the way
+    SFTPClient._async_request does (same lock, same table)."""
+    with sftp._lock:  # pylint: disable=protected-access
+        num = sftp.request_number
+        sftp._expecting[num] = fileobj  # pylint: disable=protected-access
+        sftp.request_number += 1
+    return num
+
+
+def _send_all(channel, view) -> None:
+    """Send a whole SFTP packet; the channel takes at most one SSH packet
+    (and what the peer's window allows) per call, from a memoryview slice
+    without copying what is left."""
+    sent = 0
+    total = len(view)
+    while sent < total:
+        count = channel.send(view[sent:])
+        if count <= 0:
+            raise EOFError("the SFTP channel closed")
+        sent += count
 
 
 class _Upload:
@@ -785,21 +818,40 @@ class SftpTarget(Target):
     def _write_pipelined(self, src, handle: bytes, offset: int, size: int, state: _Upload) -> None:
         """Write src[offset:size] with up to IN_FLIGHT bytes of requests
         awaiting replies; every reply is checked, in file order, so
-        `state.confirmed` is always a prefix the server has acknowledged."""
+        `state.confirmed` is always a prefix the server has acknowledged.
+
+        Not through SFTPClient._async_request: it copies a 255 KiB request
+        about six times (Message, asbytes, header join, one slice per 32 KiB
+        SSH packet sent), each copy a new block above glibc's 128 KiB mmap
+        threshold, so each one page-faults fresh memory; that doubled the
+        CPU time of an upload (measured 1.7 vs 0.8 CPU-s per 300 MB). Each
+        request is instead read into one reused buffer behind its SFTP
+        header and handed to the channel as memoryview slices (one SSH
+        packet each); ids and reply routing are _async_request's own."""
         sftp = self.sftp
+        channel = sftp.sock
         replies = _Replies()
         window = max(4, IN_FLIGHT // self.request_size)
         inflight = collections.deque()
+        head = _WRITE_BEFORE_HANDLE + len(handle) + _WRITE_AFTER_HANDLE
+        buf = bytearray(head + self.request_size)
+        view = memoryview(buf)
+        struct.pack_into(">I", buf, _WRITE_BEFORE_HANDLE - 4, len(handle))
+        buf[_WRITE_BEFORE_HANDLE:_WRITE_BEFORE_HANDLE + len(handle)] = handle
         pos = offset
         while pos < size or inflight:
             while pos < size and len(inflight) < window:
-                data = src.read(min(self.request_size, size - pos))
-                if not data:
+                count = src.readinto(view[head:head + min(self.request_size, size - pos)])
+                if not count:
                     raise TargetError("%s: the archive shrank while uploading (%d of %d bytes)"
                                       % (self.location(), pos, size), errors.FAILED)
-                num = sftp._async_request(replies, CMD_WRITE, handle, int64(pos), data)  # pylint: disable=protected-access
-                inflight.append((num, pos + len(data)))
-                pos += len(data)
+                num = _register_request(sftp, replies)
+                struct.pack_into(">IBI", buf, 0, head - 4 + count, CMD_WRITE, num)
+                struct.pack_into(">QI", buf, head - _WRITE_AFTER_HANDLE, pos, count)
+                # The channel has copied the packet when this returns: the buffer can be refilled.
+                _send_all(channel, view[:head + count])
+                inflight.append((num, pos + count))
+                pos += count
             num, end = inflight[0]
             while num not in replies.replies:
                 sftp._read_response()  # pylint: disable=protected-access

@@ -68,6 +68,7 @@ except ImportError:  # pragma: no cover
         """Stand-in: pyspnego comes with smbprotocol; without it nothing here runs."""
 
 MAX_PAYLOAD = 64 * 1024  # one SMB2 credit pays for this much
+ALLOCATOR_WARMUP = 8 * 1024 * 1024  # see _warm_allocator
 REQUEST = 1024 * 1024  # bytes per read/write request
 IN_FLIGHT = 8 * 1024 * 1024  # bytes of requests awaiting their reply
 FILE_ATTRIBUTE_DIRECTORY = 0x10
@@ -130,6 +131,24 @@ def _status_name(status) -> str:
             if key.startswith("STATUS_") and value == status:
                 return key
     return "NTSTATUS 0x%08X" % status
+
+
+def _warm_allocator() -> None:
+    """Let glibc's malloc keep the ~1 MiB blocks a transfer churns through.
+
+    smbprotocol copies every request or reply several times (packing,
+    signing, encrypting, framing), each copy a fresh ~1 MiB bytes object.
+    With glibc's start values (blocks over 128 KiB mapped by mmap, free
+    memory over 128 KiB at the heap top given back) most of those copies get
+    brand-new pages from the kernel, and the page faults cost about three
+    times the CPU of the copying itself (measured: 1.3 vs 0.4 CPU-s per
+    300 MB). glibc raises both limits by itself once a mapped block is freed
+    (mallopt(3), "dynamic mmap threshold"): freeing one 8 MiB block sets them
+    to 8 and 16 MiB, so the blocks are reused. The block is calloc'ed and
+    never touched, so this costs one mmap/munmap; other C libraries just
+    see a short-lived allocation. Memory stays bounded: at most 16 MiB of
+    freed memory is kept for reuse."""
+    bytes(ALLOCATOR_WARMUP)
 
 
 class _Upload:
@@ -200,6 +219,7 @@ class SmbReader(io.RawIOBase):
         super().__init__()
         self.target = target
         self.path = path
+        _warm_allocator()
         self.raw = smbclient.open_file(path, mode="rb", buffering=0, share_access="r", **target.kwargs())
         try:
             self.size = self.raw.fd.end_of_file
@@ -627,6 +647,7 @@ class SmbTarget(Target):
         """Write src[offset:size] with up to IN_FLIGHT bytes of requests
         awaiting replies; replies are checked in file order, so
         `state.confirmed` is always a prefix the server acknowledged."""
+        _warm_allocator()
         pipe = _Pipe(self, raw)
         max_write = raw.fd.connection.max_write_size
         src.seek(offset)
