@@ -151,9 +151,9 @@ def _config_text(rnd: random.Random, size: int) -> bytes:
         if rnd.random() < 0.08:
             line = "\n[%s%d]" % (rnd.choice(("peer", "user", "queue", "trunk", "ivr")), rnd.randrange(100, 999))
         else:
-            line = "%s = %s" % (rnd.choice(keys), rnd.choice(("yes", "no", "ulaw,alaw", "rfc2833", "default",
-                                                               "from-internal", str(rnd.randrange(10 ** 6)),
-                                                               "10.%d.%d.0/24" % (rnd.randrange(256), rnd.randrange(256)))))
+            values = ("yes", "no", "ulaw,alaw", "rfc2833", "default", "from-internal", str(rnd.randrange(10 ** 6)),
+                      "10.%d.%d.0/24" % (rnd.randrange(256), rnd.randrange(256)))
+            line = "%s = %s" % (rnd.choice(keys), rnd.choice(values))
         lines.append(line)
         length += len(line) + 1
     return ("\n".join(lines) + "\n").encode()[:size]
@@ -189,7 +189,7 @@ def _log_lines(rnd: random.Random, size: int):
             rnd.randint(1, 12), rnd.randint(1, 28), rnd.randrange(24), rnd.randrange(60), rnd.randrange(60),
             rnd.choice(("NOTICE", "VERBOSE", "WARNING", "DEBUG")), rnd.randrange(1000, 99999),
             rnd.choice(("chan_sip.c", "app_voicemail.c", "pbx.c", "res_pjsip.c")),
-            " ".join(rnd.choice(words) for _ in range(rnd.randrange(4, 14))))
+            " ".join(rnd.choice(words) for _word in range(rnd.randrange(4, 14))))
         parts.append(line)
         done += len(line)
         if len(parts) >= 20000:
@@ -366,8 +366,8 @@ def run(workdir: str, size_bytes: int) -> dict:
         ]
         verify_plan = [
             ("ours_verify", "sar verify() (zstd)", data, lambda: ours_verify("ours.sar")),
-            ("tar_list", "zstd -dc | tar -t", data, lambda: pipeline("-", [["zstd", "-dc", "-q", os.path.join(scratch, "tar.zst")],
-                                                                          ["tar", "-tf", "-"]])),
+            ("tar_list", "zstd -dc | tar -t", data,
+             lambda: pipeline("-", [["zstd", "-dc", "-q", os.path.join(scratch, "tar.zst")], ["tar", "-tf", "-"]])),
             ("zstd_sha", "zstd -dc | sha256sum (same hashing work)", data,
              lambda: pipeline("-", [["zstd", "-dc", "-q", os.path.join(scratch, "tar.zst")], ["sha256sum"]])),
             ("ours_verify_age", "sar verify() (zstd + age)", data, lambda: ours_verify("ours-age.sar", PASSPHRASE)),

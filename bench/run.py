@@ -136,7 +136,7 @@ def table(rows: list) -> list:
         for key in entry:
             if key not in columns:
                 columns.append(key)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _column in columns) + "|"]
     for entry in rows:
         lines.append("| " + " | ".join(_cell(entry.get(c, "")) for c in columns) + " |")
     return lines

@@ -473,8 +473,8 @@ class Fleet:
         proc = subprocess.run([NSENTER, "-t", str(app.pid), "-m", "-u", "--"] + list(argv), input=input_data,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", timeout=timeout, check=False)
         if check and proc.returncode != 0:
-            raise RuntimeError("%s on %s failed (%d): %s" % (argv, app.name, proc.returncode,
-                                                            proc.stderr.decode(errors="replace")[-2000:]))
+            tail = proc.stderr.decode(errors="replace")[-2000:]
+            raise RuntimeError("%s on %s failed (%d): %s" % (argv, app.name, proc.returncode, tail))
         return proc
 
     def read_file(self, name, path: str) -> bytes:

@@ -224,4 +224,3 @@ def test_run_job_everywhere_each_appliance_its_own_archive(env):
         assert [s["origin"] for s in sources if s["category"] == "announcements"] == [ANNOUNCEMENTS]
         assert any(s["category"] == "core" and s["kind"] == "postgresql" for s in sources), sources
     assert len(names) == APPLIANCES  # five different archives
-
