@@ -16,8 +16,8 @@ never to any other disk of the machine.
     # harness started it and no other test process still uses it
 
 `make` writes the filesystem on the image file, attaches it with
-`losetup -f --show`, then `udevadm trigger --action=add --settle` for that
-device only and waits until pyudev reports its ID_FS_UUID. Labels are random
+`losetup -f --show`, then `udevadm trigger --action=add` for that device only
+and polls until pyudev reports its ID_FS_TYPE and ID_FS_UUID. Labels are random
 per disk (`SAR` + 8 hex digits, valid for FAT too), so parallel test runs
 never see each other's drives by label.
 
@@ -166,7 +166,7 @@ class Udevd:
                 pass
             self.registered = True
             if not self.running():
-                log = open(os.path.join(self.state_dir, "udevd.log"), "ab")  # pylint: disable=consider-using-with
+                log = open(os.path.join(self.state_dir, "udevd.log"), "wb")  # pylint: disable=consider-using-with
                 proc = subprocess.Popen([udevd_binary()], stdin=subprocess.DEVNULL, stdout=log,  # pylint: disable=consider-using-with
                                         stderr=log, start_new_session=True, env=_env())
                 log.close()
@@ -271,27 +271,32 @@ class UsbDisks:
         fs_uuid = _run(["blkid", "-p", "-o", "value", "-s", "UUID", node], "blkid %s" % node).strip()
         disk = LoopDisk(image=image, node=node, label=label, uuid=fs_uuid, fstype=fstype, size=size_mb * 1024 * 1024)
         self.disks.append(disk)
-        self._udev_sync(disk, "add", want_uuid=fs_uuid)
+        if not self._udev_sync(node, "add", lambda p: p.get("ID_FS_UUID") == fs_uuid and p.get("ID_FS_TYPE") == fstype, 30):
+            raise RuntimeError("udev does not report the %s filesystem on %s (uuid %s)" % (fstype, node, fs_uuid))
         return disk
 
-    def _udev_sync(self, disk: LoopDisk, action: str, want_uuid: str | None = None) -> None:
-        """Have udev (re)probe the device and wait until pyudev shows what we expect."""
+    @staticmethod
+    def _udev_props(node: str) -> dict:
         import pyudev  # pylint: disable=import-outside-toplevel
-        deadline = time.monotonic() + 30
+        try:
+            return dict(pyudev.Devices.from_device_file(pyudev.Context(), node).properties)
+        except Exception:  # pylint: disable=broad-except
+            return {}
+
+    def _udev_sync(self, node: str, action: str, done, timeout: float) -> bool:
+        """Have udev (re)probe `node` until done(properties) holds. Polls pyudev
+        instead of `udevadm trigger --settle`, which can wait forever for an event
+        of a loop device that a parallel test run detaches or re-attaches."""
+        deadline = time.monotonic() + timeout
         while True:
-            _ok(["udevadm", "trigger", "--action=%s" % action, "--settle", disk.node], timeout=60)
-            _ok(["udevadm", "settle", "--timeout=30"], timeout=60)
-            if want_uuid is None:
-                return
-            try:
-                props = pyudev.Devices.from_device_file(pyudev.Context(), disk.node).properties
-                if props.get("ID_FS_UUID") == want_uuid and props.get("ID_FS_LABEL_ENC", props.get("ID_FS_LABEL")):
-                    return
-            except Exception:  # pylint: disable=broad-except
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("udev does not report the filesystem on %s (uuid %s)" % (disk.node, want_uuid))
-            time.sleep(0.5)
+            _ok(["udevadm", "trigger", "--action=%s" % action, node], timeout=30)
+            retrigger = time.monotonic() + 2
+            while time.monotonic() < min(retrigger, deadline):
+                if done(self._udev_props(node)):
+                    return True
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                return False
 
     def only(self, *disks: LoopDisk):
         """An `is_usb` replacement accepting only these disks' device nodes."""
@@ -330,8 +335,9 @@ class UsbDisks:
     def detach(self, disk: LoopDisk) -> None:
         self.unmount(disk)
         _ok(["losetup", "-d", disk.node])
-        # udev forgets the filesystem (else a stale ID_FS_* stays for /dev/loopN).
-        _ok(["udevadm", "trigger", "--action=change", "--settle", disk.node], timeout=60)
+        # udev forgets the filesystem (else a stale ID_FS_* stays for /dev/loopN
+        # when udevd stops); a parallel run may already have re-used the node.
+        self._udev_sync(disk.node, "change", lambda p: p.get("ID_FS_UUID") != disk.uuid, 10)
         if disk in self.disks:
             self.disks.remove(disk)
 
