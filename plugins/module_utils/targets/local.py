@@ -15,28 +15,43 @@ from ..fsutil import fsync_dir
 from .base import CHUNK, RemoteFile, Target, job_dir, partial_name
 
 
-def copy_atomic(src_path: str, dest_dir: str, name: str, where: str) -> None:
-    """Copy src to dest_dir/name through a partial name: fsync, rename, fsync
-    the folder. A failure removes the partial and leaves earlier files alone."""
+def copy_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str = "", map_error=None) -> None:
+    """Copy `src_path` (`size` bytes) to dest_dir/name: written as
+    partial_name(name) in CHUNK pieces, fsync, rename, fsync of the folder. On
+    any failure the partial is removed and earlier files stay as they were;
+    OSErrors become TargetError via `map_error` (ENOSPC -> diskFull)."""
+    where = where or dest_dir
+    map_error = map_error or os_error
     partial = os.path.join(dest_dir, partial_name(name))
+    copied = 0
     try:
-        with open(src_path, "rb") as src, open(partial, "wb") as dst:
-            os.fchmod(dst.fileno(), 0o600)
-            while True:
-                chunk = src.read(CHUNK)
-                if not chunk:
-                    break
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
+        with open(src_path, "rb") as src:
+            # Created 0600 at once: no chmod, which FAT filesystems refuse.
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb", buffering=0) as dst:
+                while True:
+                    chunk = src.read(CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:  # raw writes may be short
+                        written = dst.write(view)
+                        view = view[written:]
+                    copied += len(chunk)
+                os.fsync(dst.fileno())
+        if copied != size:
+            raise TargetError("%s: the archive %s changed while it was copied (%d bytes read, %d expected)"
+                              % (where, name, copied, size), errors.FAILED)
         os.replace(partial, os.path.join(dest_dir, name))
         fsync_dir(dest_dir)
-    except OSError as exc:
+    except BaseException as exc:
         try:
             os.unlink(partial)
         except OSError:
             pass
-        raise os_error(exc, where)
+        if isinstance(exc, OSError):
+            raise map_error(exc, where) from exc
+        raise
 
 
 def os_error(exc: OSError, where: str) -> TargetError:
@@ -70,7 +85,7 @@ class LocalTarget(Target):
             raise os_error(exc, self.folder)
 
     def put(self, src_path: str, name: str, size: int) -> None:
-        copy_atomic(src_path, self.folder, name, self.folder)
+        copy_atomic(src_path, self.folder, name, size, where=self.folder)
 
     def listdir(self) -> list:
         try:

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 from .. import errors
 from ..errors import MissingLibrary, TargetError
-from ..fsutil import fsync_dir
-from .base import CHUNK, RemoteFile, Target, job_dir, partial_name, partial_pattern
+from .base import RemoteFile, Target, job_dir, partial_pattern
+from .local import copy_atomic
 
 try:
     import pyudev
@@ -232,44 +232,6 @@ def os_error(exc: OSError, where: str) -> TargetError:
     return TargetError("%s: %s" % (where, exc), errors.FAILED)
 
 
-def copy_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str = "", map_error=os_error) -> None:
-    """Copy `src_path` (`size` bytes) to dest_dir/name: written as
-    partial_name(name) in CHUNK pieces, fsync, rename, fsync of the folder. On
-    any failure the partial is removed and earlier files stay as they were;
-    OSErrors become TargetError via `map_error` (ENOSPC -> diskFull)."""
-    where = where or dest_dir
-    partial = os.path.join(dest_dir, partial_name(name))
-    copied = 0
-    try:
-        with open(src_path, "rb") as src:
-            # Created 0600 at once: no chmod, which FAT filesystems refuse.
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb", buffering=0) as dst:
-                while True:
-                    chunk = src.read(CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:  # raw writes may be short
-                        written = dst.write(view)
-                        view = view[written:]
-                    copied += len(chunk)
-                os.fsync(dst.fileno())
-        if copied != size:
-            raise TargetError("%s: the archive %s changed while it was copied (%d bytes read, %d expected)"
-                              % (where, name, copied, size), errors.FAILED)
-        os.replace(partial, os.path.join(dest_dir, name))
-        fsync_dir(dest_dir)
-    except BaseException as exc:
-        try:
-            os.unlink(partial)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise map_error(exc, where) from exc
-        raise
-
-
 class UsbTarget(Target):
     TYPE = "usb"
     TAG = "[USB]"
@@ -452,7 +414,7 @@ class UsbTarget(Target):
         if size > free:
             raise TargetError("%s: no space left for %s (%d bytes needed, %d free); prune old archives "
                               "(keep) or use a larger drive" % (where, name, size, free), errors.DISK_FULL)
-        copy_atomic(src_path, self.folder, name, size, where=where)
+        copy_atomic(src_path, self.folder, name, size, where=where, map_error=os_error)
 
     def listdir(self) -> list:
         try:
