@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .proc import free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
@@ -163,13 +165,6 @@ class CallbackModule(CallbackBase):
             with open(path, "w", encoding="utf-8") as handle:
                 json.dump(out, handle, indent=1, default=repr)
 '''
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the caller retries if it loses a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _mnt_ns(pid: int) -> str | None:

@@ -33,10 +33,11 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
+
+from .proc import free_port
 
 SERVER_USER = "postgres"
 TEST_ROLE = "sar_test"
@@ -56,13 +57,6 @@ def pg_bin_dir() -> str:
 
 def _version_key(text: str):
     return tuple(int(p) if p.isdigit() else 0 for p in text.split("."))
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the caller retries if it loses a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresCluster:

@@ -38,39 +38,11 @@ import subprocess
 import tempfile
 import time
 
+from .proc import free_port, locked_passwd_run as _locked_passwd_run, run as _run
+
 SMBD = shutil.which("smbd") or "/usr/sbin/smbd"
 SMBPASSWD = shutil.which("smbpasswd") or "/usr/bin/smbpasswd"
 SMALL_SHARE_BYTES = 4 * 1024 * 1024
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the caller retries if it loses a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run(argv: list, what: str, input_text: str | None = None) -> str:
-    proc = subprocess.run(argv, input=input_text, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError("%s failed (%d): %s" % (what, proc.returncode, proc.stdout.strip()))
-    return proc.stdout
-
-
-def _locked_passwd_run(argv: list, what: str, input_text: str | None = None) -> str:
-    """useradd/userdel fail at once while another process holds the
-    /etc/passwd lock (other test runs on this machine): retry a while."""
-    last = None
-    for _attempt in range(50):
-        try:
-            return _run(argv, what, input_text)
-        except RuntimeError as exc:
-            last = exc
-            if "lock" not in str(exc).lower():
-                raise
-            time.sleep(0.2)
-    raise last
 
 
 class SmbServer:

@@ -37,15 +37,10 @@ import subprocess
 import tempfile
 import time
 
+from .proc import free_port, locked_passwd_run as _locked_passwd_run, run as _run
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 KEY_TYPES = ("ed25519", "ecdsa", "rsa")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the caller retries if it loses a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sshd_version() -> tuple:
@@ -58,29 +53,6 @@ def fingerprint(public_line: str) -> str:
     """'SHA256:<base64 without padding>' of an OpenSSH public key line."""
     blob = base64.b64decode(public_line.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-def _run(argv: list, what: str, input_text: str | None = None) -> str:
-    proc = subprocess.run(argv, input=input_text, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError("%s failed (%d): %s" % (what, proc.returncode, proc.stdout.strip()))
-    return proc.stdout
-
-
-def _locked_passwd_run(argv: list, what: str, input_text: str | None = None) -> str:
-    """useradd/userdel/chpasswd fail at once when another process holds the
-    /etc/passwd lock (other test runs on this machine): retry a while."""
-    last = None
-    for _attempt in range(50):
-        try:
-            return _run(argv, what, input_text)
-        except RuntimeError as exc:
-            last = exc
-            if "lock" not in str(exc).lower():
-                raise
-            time.sleep(0.2)
-    raise last
 
 
 def generate_key(path: str, key_type: str = "ed25519", passphrase: str = "", bits: int = 0) -> str:
