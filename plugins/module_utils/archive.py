@@ -10,6 +10,7 @@ Everything streams: memory stays bounded whatever the size of the data."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import grp
 import gzip
 import hashlib
@@ -32,6 +33,8 @@ except ImportError:  # pragma: no cover
 MANIFEST = "manifest.json"
 CHECKSUMS = "checksums.sha256"
 COMPRESSIONS = ("zstd", "gzip")
+# Next to tree member `files/<category>/<index>`: the tree's symlinks that point out of it (JSON list).
+LINKS_SUFFIX = ".links.json"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 COPY_CHUNK = 1024 * 1024
@@ -309,7 +312,8 @@ class ArchiveWriter:
         Sockets, fifos and devices are skipped and listed in "skipped"; entries that vanish
         while the tree is walked are listed in "vanished"."""
         arcprefix = _check_arcname(arcprefix)
-        result = {"files": 0, "bytes": 0, "dirs": 0, "symlinks": 0, "skipped": [], "vanished": []}
+        result = {"files": 0, "bytes": 0, "dirs": 0, "symlinks": 0, "skipped": [], "vanished": [], "external_links": []}
+        links: dict = {}  # symlinks of this tree in the archive, for resolving later ones
         try:
             st = os.stat(root)
         except OSError as exc:
@@ -359,12 +363,24 @@ class ArchiveWriter:
                 except FileNotFoundError:
                     result["vanished"].append(path)
                     continue
+                if not _resolves_inside(name.rpartition("/")[0], target, links, floor=arcprefix):
+                    # A link out of its tree (/usr/share/asterisk/moh, ../../x) would make the archive
+                    # unsafe to extract: it goes in the tree's links member and restore recreates it.
+                    result["external_links"].append({"path": name[len(arcprefix) + 1:], "target": target,
+                                                     "mtime": int(st.st_mtime), "owner": _uname(st.st_uid),
+                                                     "group": _gname(st.st_gid), "uid": st.st_uid, "gid": st.st_gid})
+                    continue
                 info = self._info(name, st, tarfile.SYMTYPE)
                 info.linkname = target
                 self._header(info)
+                links[name] = target
                 result["symlinks"] += 1
             else:
                 result["skipped"].append(path)
+        if result["external_links"]:
+            data = json.dumps(result["external_links"], indent=1, sort_keys=True, ensure_ascii=False,
+                              ).encode("utf-8", "surrogateescape")
+            self._add_data(arcprefix + LINKS_SUFFIX, data, 0o644)
         return result
 
     def close(self) -> dict:
@@ -661,18 +677,20 @@ def _member_type(info: tarfile.TarInfo) -> str:
     return "other"
 
 
-def _resolves_inside(start: str, target: str, links: dict) -> bool:
+def _resolves_inside(start: str, target: str, links: dict, floor: str = "") -> bool:
     """Whether `target`, taken relative to archive directory `start` and following the archive's
-    own symlinks (`links`: member name -> link target), stays inside the extraction root."""
+    own symlinks (`links`: member name -> link target), stays inside the extraction root
+    (or inside the directory `floor`, when given)."""
     if target.startswith("/"):
         return False
     stack = [p for p in start.split("/") if p not in ("", ".")]
+    base = len([p for p in floor.split("/") if p])
     todo = [p for p in target.split("/") if p not in ("", ".")]
     hops = 0
     while todo:
         part = todo.pop(0)
         if part == "..":
-            if not stack:
+            if len(stack) <= base:
                 return False
             stack.pop()
             continue
@@ -968,7 +986,9 @@ class _Extractor:
     def _mode(self, info: tarfile.TarInfo) -> int:
         return info.mode & (0o7777 if self.as_root else 0o777)
 
-    def extract(self, info: tarfile.TarInfo, handle) -> None:
+    def extract(self, info: tarfile.TarInfo, handle, key: str | None = None) -> None:
+        """Extract `info` at its name below the root; `key`: its name in checksums.sha256 (default: the same)."""
+        key = info.name if key is None else key
         target = self._parent(info.name)
         if info.isdir():
             try:
@@ -996,9 +1016,9 @@ class _Extractor:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as out:
             digest = _hash_member(handle, out.write)
-            if digest != self.digests.get(info.name):
+            if digest != self.digests.get(key):
                 raise ArchiveError("the archive changed while being extracted: %r does not match its verified SHA-256"
-                                   % info.name)
+                                   % key)
             if self.as_root:
                 os.fchown(out.fileno(), *_owner(info))
             os.fchmod(out.fileno(), self._mode(info))
@@ -1032,5 +1052,73 @@ def extract(path: str, dest: str, select=None, passphrase: str | None = None, id
     return done
 
 
-__all__ = ["ArchiveWriter", "read_manifest", "verify", "extract", "open_members", "parse_checksums", "checksum_line",
-           "MANIFEST", "CHECKSUMS", "COMPRESSIONS"]
+def _route_of(name: str, routes: dict):
+    for prefix in routes:
+        if name == prefix or name.startswith(prefix + "/"):
+            return prefix
+    return None
+
+
+def extract_routed(path: str, routes: dict, passphrase: str | None = None, identities: list | None = None,
+                   scanned: dict | None = None) -> dict:
+    """Verify the whole archive (unless `scanned`, the result of an earlier full scan, is given), then
+    extract in one pass: `routes` maps a member name to a destination. A regular-file member goes to
+    the file path given (created, must not exist); a directory member and everything below it go into
+    the existing directory given, which also takes the member directory's own mode, owner and time.
+    Members no route names are skipped. Returns {member: {"files": n, "bytes": b}}."""
+    if scanned is None:
+        scanned = _scan(path, passphrase, identities)
+    digests = scanned["_digests"]
+    extractors: dict = {}
+    stats = {prefix: {"files": 0, "bytes": 0} for prefix in routes}
+    roots = []
+    with open_members(path, passphrase, identities) as members:
+        for info, handle in members:
+            prefix = _route_of(info.name, routes)
+            if prefix is None:
+                continue
+            dest = routes[prefix]
+            if info.name == prefix and info.isreg():
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    if _hash_member(handle, out.write) != digests.get(info.name):
+                        raise ArchiveError("the archive changed while being extracted: %r does not match its "
+                                           "verified SHA-256" % info.name)
+                stats[prefix]["files"] += 1
+                stats[prefix]["bytes"] += info.size
+                continue
+            if not os.path.isdir(dest):
+                raise ArchiveError("extraction destination %s is not an existing directory" % dest)
+            extractor = extractors.setdefault(prefix, _Extractor(dest, digests))
+            if info.name == prefix:
+                if not info.isdir():
+                    raise ArchiveError("member %r should be a directory" % info.name)
+                roots.append((extractor, info))
+                continue
+            inner = copy.copy(info)
+            inner.name = info.name[len(prefix) + 1:]
+            if info.islnk():
+                if not info.linkname.startswith(prefix + "/"):
+                    raise ArchiveError("hardlink %r points out of its tree (%r)" % (info.name, info.linkname))
+                inner.linkname = info.linkname[len(prefix) + 1:]
+            extractor.extract(inner, handle, key=info.name)
+            if info.isreg():
+                stats[prefix]["files"] += 1
+                stats[prefix]["bytes"] += info.size
+    for extractor in extractors.values():
+        extractor.finish()
+    for extractor, info in roots:
+        if extractor.as_root:
+            os.chown(extractor.root, *_owner(info))
+        os.chmod(extractor.root, extractor._mode(info))  # pylint: disable=protected-access
+        os.utime(extractor.root, (info.mtime, info.mtime))
+    return stats
+
+
+def scan(path: str, passphrase: str | None = None, identities: list | None = None) -> dict:
+    """verify(), keeping the per-member digests extract_routed() needs (key `_digests`)."""
+    return _scan(path, passphrase, identities)
+
+
+__all__ = ["ArchiveWriter", "read_manifest", "verify", "scan", "extract", "extract_routed", "open_members",
+           "parse_checksums", "checksum_line", "MANIFEST", "CHECKSUMS", "COMPRESSIONS", "LINKS_SUFFIX"]

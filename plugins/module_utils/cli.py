@@ -6,6 +6,8 @@
     sar-backup [--config-dir DIR] run JOB [--scheduled] [--wait D]
     sar-backup [--config-dir DIR] list [--format text|json]
     sar-backup [--config-dir DIR] verify FILE [--passphrase-file F | --identity F]
+    sar-backup [--config-dir DIR] restore (FILE | --job J [--target N] [--archive NAME|latest])
+               [--data CAT ...] [--verify-only | --dry-run | --yes] [--wait D] [--passphrase-file F | --identity F]
     sar-backup [--config-dir DIR] status [--job J] [--warn 26h] [--crit 50h] [--format text|json|checkmk]
     sar-backup [--config-dir DIR] metrics
     sar-backup [--config-dir DIR] crash-report JOB [--unit U]
@@ -13,7 +15,9 @@
 The installed wrapper calls main() and exits with what it returns.
 
 Exit codes: run 0 success (or not due yet), 1 the run failed, 2 bad usage or
-configuration; verify 0 intact, 1 corrupt or unreadable, 2 usage; status
+configuration; verify 0 intact, 1 corrupt or unreadable, 2 usage; restore 0
+restored (or, with --dry-run/--verify-only, would be / is intact), 1 failed
+(nothing changed), 2 bad usage; status
 0/1/2/3 as Nagios (OK/WARNING/CRITICAL/UNKNOWN).
 """
 
@@ -29,6 +33,7 @@ from .archive import verify as verify_archive
 from .errors import SarError, ValidationError
 from .fsutil import parse_duration, short_hostname
 from .job import mask
+from .restore import Restore, parse_identities
 from .runner import VERSION, run_job
 from .store import Store, effective_metrics_path
 
@@ -141,18 +146,42 @@ def cmd_list(store: Store, args) -> int:
 
 def cmd_verify(store: Store, args) -> int:
     del store
-    identities = None
-    if args.identity:
-        with open(args.identity, "r", encoding="utf-8") as handle:
-            identities = [ln.strip() for ln in handle if ln.strip().startswith("AGE-SECRET-KEY-")]
     try:
-        info = verify_archive(args.file, passphrase=_read_secret_file(args.passphrase_file), identities=identities)
+        info = verify_archive(args.file, passphrase=_read_secret_file(args.passphrase_file),
+                              identities=_identities(args.identity))
     except SarError as exc:
         out("CORRUPT %s: %s" % (args.file, exc))
         return EXIT_FAILED
     manifest = info["manifest"]
     out("OK %s: %d members verified, job %s from %s at %s, sha256 %s" % (
         args.file, len(info["members"]), manifest.get("job"), manifest.get("host"), manifest.get("created"), info["sha256"]))
+    return EXIT_OK
+
+
+def _identities(path):
+    if not path:
+        return None
+    with open(path, "r", encoding="utf-8") as handle:
+        return parse_identities(handle.read())
+
+
+def cmd_restore(store: Store, args) -> int:
+    if bool(args.file) == bool(args.job):
+        raise ValidationError("FILE", "give an archive file or --job (with --target and --archive)")
+    if not (args.yes or args.dry_run or args.verify_only):
+        raise ValidationError("--yes", "a restore replaces the archived categories' database tables and file trees "
+                              "on this appliance; add --yes to do it, or --dry-run to see what it would restore")
+    console = Console()
+    result = Restore(store, path=args.file, job=args.job, target=args.target, archive_name=args.archive,
+                     data=args.data, passphrase=_read_secret_file(args.passphrase_file),
+                     identities=_identities(args.identity), verify_only=args.verify_only, check_mode=args.dry_run,
+                     wait=parse_duration(args.wait, "--wait"), log=console).execute()
+    info = result["archive"]
+    out("OK %s: verified (%d bytes, sha256 %s), job %s from %s at %s" % (
+        info["name"], info["size"], info["sha256"], info["job"], info["host"], info["created"]))
+    verb = "would restore" if args.dry_run else "restored"
+    for entry in result["restored"]:
+        out("  %s %s: %s %s (%s bytes)" % (verb, entry["category"], entry["kind"], entry["origin"], entry["size"]))
     return EXIT_OK
 
 
@@ -218,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passphrase-file", help="file holding the passphrase of an encrypted archive")
     p.add_argument("--identity", help="age identity file for an archive encrypted to recipients")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("restore", help="verify an archive, then restore its categories onto this appliance")
+    p.add_argument("file", nargs="?", help="a .sar file on this host (or use --job)")
+    p.add_argument("--job", help="restore from a target of this saved job")
+    p.add_argument("--target", type=int, default=0, help="index of the job's target (0 = the first)")
+    p.add_argument("--archive", default="latest", help="archive name on the target, or latest")
+    p.add_argument("--data", nargs="+", help="only these categories (default: all in the archive)")
+    p.add_argument("--verify-only", action="store_true", help="verify, restore nothing")
+    p.add_argument("--dry-run", action="store_true", help="verify and list what would be restored")
+    p.add_argument("--yes", action="store_true", help="really replace the data (required to restore)")
+    p.add_argument("--wait", default="0", help="how long to wait for the maintenance lock (e.g. 10m)")
+    p.add_argument("--passphrase-file", help="file holding the passphrase of an encrypted archive")
+    p.add_argument("--identity", help="age identity file for an archive encrypted to recipients")
+    p.set_defaults(func=cmd_restore)
     p = sub.add_parser("status", help="monitoring: Nagios exit codes, JSON or the checkmk section")
     p.add_argument("--job")
     p.add_argument("--warn", default="26h")

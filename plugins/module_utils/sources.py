@@ -502,6 +502,41 @@ def restore_dump(dump_path: str, profile: dict, log=None) -> None:
                              proc.returncode, _first_lines(proc.stderr)))
 
 
+def restore_dumps(dump_paths: list, profile: dict, workdir: str, log=None) -> None:
+    """Restore several dumps made by dump() into the profile's database in ONE transaction: each
+    becomes a SQL script (pg_restore --clean --if-exists --no-owner -f), then psql runs them all
+    with --single-transaction and ON_ERROR_STOP, so either every category is restored or none."""
+    db = _db(profile)
+    scripts = []
+    for path in dump_paths:
+        script = os.path.join(workdir, os.path.basename(path) + ".sql")
+        argv = [find_tool("pg_restore", profile), "--clean", "--if-exists", "--no-owner", "-f", script, path]
+        proc = _run(argv, dict(os.environ))
+        if proc.returncode != 0:
+            raise SourceError("pg_restore could not read %s (exit %d): %s"
+                              % (os.path.basename(path), proc.returncode, _first_lines(proc.stderr)))
+        scripts.append(script)
+    argv = [find_tool("psql", profile), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"] + _conn_args(profile)
+    for script in scripts:
+        argv += ["-f", script]
+    if log:
+        log("restoring %s into database %r at %s (one transaction)"
+            % (", ".join(os.path.basename(p) for p in dump_paths), db.get("name"), _where(profile)))
+    try:
+        with _client_env(profile) as env:
+            proc = _run(argv, env)
+    finally:
+        for script in scripts:
+            try:
+                os.unlink(script)
+            except OSError:
+                pass
+    if proc.returncode != 0:
+        raise SourceError("restoring into database %r at %s as %r failed, nothing was changed (psql exit %d): %s"
+                          % (db.get("name"), _where(profile), db.get("user"), proc.returncode,
+                             _first_lines(proc.stderr)))
+
+
 def prepare(sources: list, profile: dict, staging_dir: str, log=None) -> None:
     """Dump every database source into staging_dir and measure every tree."""
     for src in sources:

@@ -29,3 +29,18 @@ def target_class(type_name: str):
     else:
         raise KeyError(type_name)
     return module.TARGET
+
+
+def job_target(job: dict, index: int, config_dir: str, settings: dict, host: str, log=None, check_mode: bool = False):
+    """Target number `index` of a (validated) job, ready to connect: what the
+    runner, `sar_backup_info` (archives on a target) and restore (download) use."""
+    from .base import TargetContext
+    from ..errors import ValidationError
+    targets = job.get("targets") or []
+    if not 0 <= index < len(targets):
+        raise ValidationError("target", "job %r has %d target(s); target must be 0..%d, got %r"
+                              % (job.get("name"), len(targets), len(targets) - 1, index))
+    options = targets[index]
+    ctx = TargetContext(job=job["name"], host=host, config_dir=config_dir, settings=settings, log=log,
+                        check_mode=check_mode)
+    return target_class(options["type"])(options, ctx)

@@ -1,0 +1,388 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""Restore a .sar archive onto the appliance (SPEC sections 6 and 9; docs/restore.md).
+
+The same code runs inside `sar.backup.sar_backup_restore` and behind
+`sar-backup restore`. Order, so that a failure at any step changes nothing:
+
+1. find the archive: a file on the host, or a job's target (downloaded into staging);
+2. verify it completely (every layer, every member's SHA-256, safety);
+3. check what the restore needs (database reachable, PostgreSQL clients, room);
+4. take the maintenance lock (no backup or archiving meanwhile);
+5. extract, in one pass, each file tree next to where it goes (same file system)
+   and each database dump into staging;
+6. swap the trees in (the current ones are kept aside), then restore every dump in
+   ONE database transaction; if that fails, the kept trees are swapped back;
+7. remove the kept trees and the staging files.
+
+A restored category is exactly as archived: its database tables as they were
+(later rows gone), its file trees as they were (later files gone). Other
+categories are not touched."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import stat
+import tempfile
+
+from . import archive, errors, sources
+from .errors import SarError, ValidationError
+from .fsutil import short_hostname
+from .job import CATEGORIES
+from .lock import MaintenanceLock
+from .targets import job_target
+from .targets.base import CHUNK, archive_pattern
+
+_MAX_LINKS_JSON = 64 * 1024 * 1024
+_ARCHIVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_[A-Za-z0-9-]+_\d{8}T\d{6}Z\.sar$")
+
+
+def parse_identities(text: str | None) -> list | None:
+    """AGE-SECRET-KEY-1... lines of an age identity file's text (comments and blank lines ignored)."""
+    if not text:
+        return None
+    keys = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("AGE-SECRET-KEY-")]
+    if not keys:
+        raise ValidationError("identity", "holds no AGE-SECRET-KEY-1... line")
+    return keys
+
+
+def validate_data(data) -> list | None:
+    if data is None:
+        return None
+    if isinstance(data, str):
+        data = [data]
+    out = []
+    for i, cat in enumerate(data):
+        if cat not in CATEGORIES:
+            raise ValidationError("data[%d]" % i, "must be one of %s, got %r" % (", ".join(CATEGORIES), cat))
+        if cat not in out:
+            out.append(cat)
+    if not out:
+        raise ValidationError("data", "must name at least one category (or be omitted: all in the archive)")
+    return out
+
+
+def _safe_origin(origin: str, member: str) -> str:
+    """Where a tree goes back to: the absolute path the manifest recorded, refused when odd."""
+    if not isinstance(origin, str) or not origin.startswith("/") or os.path.normpath(origin) != origin \
+            or origin == "/" or "\0" in origin:
+        raise SarError("the manifest gives %r as the place of %s: not a normal absolute path, refusing to restore"
+                       % (origin, member), errors.VERIFY_FAILED)
+    return origin
+
+
+def _downloaded(target, name: str, size: int, workdir: str, log=None) -> str:
+    """Copy archive `name` from the target into workdir (partial name, then rename); returns the path."""
+    free = shutil.disk_usage(workdir).free
+    if free < size:
+        raise SarError("staging directory %s has %d bytes free, the archive %s needs %d"
+                       % (workdir, free, name, size), errors.DISK_FULL)
+    path = os.path.join(workdir, name)
+    part = path + ".partial"
+    if log:
+        log("downloading %s (%d bytes) from %s" % (name, size, target.location()))
+    done = 0
+    with target.open_read(name) as src, open(part, "wb") as out:
+        while True:
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    if done != size:
+        raise SarError("download of %s from %s ended after %d of %d bytes" % (name, target.location(), done, size),
+                       errors.VERIFY_FAILED)
+    os.replace(part, path)
+    return path
+
+
+class Restore:
+    """One restore; `execute()` returns the result dict or raises SarError."""
+
+    def __init__(self, store, *, path: str | None = None, job: str | None = None, target: int = 0,
+                 archive_name: str = "latest", data=None, passphrase: str | None = None, identities=None,
+                 verify_only: bool = False, check_mode: bool = False, wait: float = 0, log=None):
+        if bool(path) == bool(job):
+            raise ValidationError("path", "give either path (a .sar on the host) or job (and target, archive)")
+        if archive_name != "latest" and not _ARCHIVE_NAME.match(archive_name or ""):
+            raise ValidationError("archive", "must be 'latest' or an archive name like "
+                                  "<job>_<host>_<YYYYMMDDTHHMMSSZ>.sar, got %r" % archive_name)
+        if not isinstance(target, int) or isinstance(target, bool) or target < 0:
+            raise ValidationError("target", "must be the index (0, 1, ...) of one of the job's targets, got %r" % (target,))
+        self.store = store
+        self.settings = store.settings()
+        self.path = path
+        self.job = job
+        self.target = target
+        self.archive_name = archive_name
+        self.data = validate_data(data)
+        self.passphrase = passphrase or None
+        self.identities = identities or None
+        self.verify_only = verify_only
+        self.check_mode = check_mode
+        self.wait = wait
+        self.log_func = log
+        self.workdir = None
+
+    def log(self, msg: str) -> None:
+        if self.log_func:
+            self.log_func(msg)
+
+    # -- 1. find the archive ---------------------------------------------------
+    def staging(self) -> str:
+        if self.workdir is None:
+            root = self.settings["staging_dir"]
+            os.makedirs(root, 0o700, exist_ok=True)
+            self.workdir = tempfile.mkdtemp(prefix=".restore-", dir=root)
+        return self.workdir
+
+    def locate(self) -> tuple:
+        """(local path of the archive, description of where it came from)."""
+        if self.path:
+            st = None
+            try:
+                st = os.stat(self.path)
+            except OSError as exc:
+                raise ValidationError("path", "cannot read %s: %s" % (self.path, exc.strerror or exc)) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise ValidationError("path", "%s is not a regular file" % self.path)
+            return self.path, None
+        job = self.store.load_job(self.job)
+        tgt = job_target(job, self.target, self.store.config_dir, self.settings, short_hostname(), log=self.log_func)
+        where = {"job": job["name"], "target": self.target, "type": tgt.TYPE, "location": tgt.location()}
+        if tgt.TYPE == "email":
+            raise ValidationError("target", "target %d of job %r is an e-mail target: archives sent by mail cannot be "
+                                  "fetched back; save the attachment and give its path" % (self.target, job["name"]))
+        tgt.connect()
+        try:
+            found = tgt.archives()
+            if self.archive_name == "latest":
+                if not found:
+                    raise SarError("no archive of job %r on target %d (%s)" % (job["name"], self.target, tgt.location()))
+                entry = found[0]
+            else:
+                if not archive_pattern(job["name"]).match(self.archive_name):
+                    raise ValidationError("archive", "%r is not an archive name of job %r" % (self.archive_name, job["name"]))
+                matches = [e for e in found if e.name == self.archive_name]
+                if not matches:
+                    raise SarError("archive %s is not on target %d of job %r (%s); %d archive(s) there"
+                                   % (self.archive_name, self.target, job["name"], tgt.location(), len(found)))
+                entry = matches[0]
+            where["name"] = entry.name
+            local = getattr(tgt, "local_path", None)
+            if tgt.TYPE == "local" and local is not None:
+                return local(entry.name), where
+            return _downloaded(tgt, entry.name, entry.size, self.staging(), self.log_func), where
+        finally:
+            tgt.close()
+
+    # -- 2./3. verify and plan --------------------------------------------------
+    def plan(self, manifest: dict) -> list:
+        in_archive = list(manifest.get("categories") or [])
+        wanted = self.data or in_archive
+        for i, cat in enumerate(wanted):
+            if cat not in in_archive:
+                raise ValidationError("data[%d]" % i, "the archive holds %s, not %r"
+                                      % (", ".join(in_archive) or "no category", cat))
+        chosen = []
+        for src in manifest.get("sources") or []:
+            if src.get("category") not in wanted:
+                continue
+            entry = {k: src.get(k) for k in ("category", "kind", "origin", "member", "size", "files")}
+            if entry["kind"] == sources.KIND_FILES:
+                _safe_origin(entry["origin"], entry["member"])
+            elif entry["kind"] != sources.KIND_DB:
+                raise SarError("unknown source kind %r in the manifest (member %s)" % (entry["kind"], entry["member"]),
+                               errors.VERIFY_FAILED)
+            chosen.append(entry)
+        return chosen
+
+    def preflight(self, plan: list) -> None:
+        profile = self.settings["profile"]
+        if any(e["kind"] == sources.KIND_DB for e in plan):
+            for tool in ("pg_restore", "psql"):
+                sources.find_tool(tool, profile)
+            sources.check([sources.Source(category=plan[0]["category"], kind=sources.KIND_DB, origin="", member="")],
+                          profile)
+        for entry in plan:
+            if entry["kind"] != sources.KIND_FILES:
+                continue
+            origin = entry["origin"]
+            if os.path.ismount(origin):
+                raise SarError("%s: %s is a mount point; restore replaces the directory itself, so restore it into "
+                               "a directory below the mount point (change the profile path) or by hand"
+                               % (entry["category"], origin))
+            if os.path.lexists(origin) and not os.path.isdir(origin) or os.path.islink(origin):
+                raise SarError("%s: %s exists and is not a directory (or is a symlink); refusing to replace it"
+                               % (entry["category"], origin))
+
+    # -- 5./6. extract and swap -------------------------------------------------
+    def execute(self) -> dict:
+        try:
+            return self._execute()
+        finally:
+            if self.workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _execute(self) -> dict:
+        path, where = self.locate()
+        self.log("verifying %s" % os.path.basename(path))
+        scanned = archive.scan(path, self.passphrase, self.identities)
+        manifest = scanned["manifest"]
+        info = {"name": os.path.basename(path), "path": path if not self.workdir or not path.startswith(self.workdir) else None,
+                "size": scanned["size"], "sha256": scanned["sha256"], "created": manifest.get("created"),
+                "job": manifest.get("job"), "host": manifest.get("host"), "categories": manifest.get("categories") or [],
+                "compression": scanned["compression"], "encrypted": scanned["encrypted"], "from": where}
+        plan = self.plan(manifest)
+        result = {"archive": info, "verified": True, "restored": plan,
+                  "categories": sorted({e["category"] for e in plan}, key=CATEGORIES.index),
+                  "changed": False, "check_mode": self.check_mode, "verify_only": self.verify_only}
+        if self.verify_only:
+            result["restored"] = []
+            result["categories"] = []
+            return result
+        self.preflight(plan)
+        if self.check_mode:
+            result["changed"] = bool(plan)
+            return result
+        lock = MaintenanceLock(self.settings["lock_path"])
+        lock.acquire(wait=self.wait)
+        try:
+            self.apply(path, plan, scanned)
+        finally:
+            lock.release()
+        result["changed"] = bool(plan)
+        return result
+
+    def apply(self, path: str, plan: list, scanned: dict) -> None:
+        dumps = [e for e in plan if e["kind"] == sources.KIND_DB]
+        trees = [e for e in plan if e["kind"] == sources.KIND_FILES]
+        members = {m["name"] for m in scanned["members"]}
+        routes = {}
+        fresh = {}  # origin -> the directory the archived tree is extracted into
+        links = {}  # origin -> staging file of its links member
+        if dumps:
+            need = sum(int(e.get("size") or 0) for e in dumps)
+            free = shutil.disk_usage(self.staging()).free
+            if free < need * 2:  # the dump and its SQL script
+                raise SarError("staging directory %s has %d bytes free, restoring the database needs about %d"
+                               % (self.staging(), free, need * 2), errors.DISK_FULL)
+            for e in dumps:
+                routes[e["member"]] = os.path.join(self.staging(), os.path.basename(e["member"]))
+        kept = []
+        try:
+            for e in trees:
+                origin = e["origin"]
+                parent = os.path.dirname(origin)
+                os.makedirs(parent, 0o755, exist_ok=True)
+                fresh[origin] = tempfile.mkdtemp(prefix=".%s.sar-restore-" % os.path.basename(origin), dir=parent)
+                routes[e["member"]] = fresh[origin]
+                if e["member"] + archive.LINKS_SUFFIX in members:
+                    links[origin] = os.path.join(self.staging(), "links-%d.json" % len(links))
+                    routes[e["member"] + archive.LINKS_SUFFIX] = links[origin]
+            self.log("extracting %d tree(s) and %d database dump(s)" % (len(trees), len(dumps)))
+            archive.extract_routed(path, routes, self.passphrase, self.identities, scanned=scanned)
+            for origin, links_file in links.items():
+                _recreate_links(fresh[origin], links_file)
+            # Swap the trees in; the current ones stay aside until the database is restored.
+            for e in trees:
+                origin = e["origin"]
+                aside = None
+                if os.path.lexists(origin):
+                    aside = tempfile.mkdtemp(prefix=".%s.sar-old-" % os.path.basename(origin), dir=os.path.dirname(origin))
+                    os.rmdir(aside)
+                    os.rename(origin, aside)
+                kept.append((origin, aside))
+                os.rename(fresh.pop(origin), origin)
+                self.log("%s: %s restored" % (e["category"], origin))
+            if dumps:
+                sources.restore_dumps([routes[e["member"]] for e in dumps], self.settings["profile"], self.staging(),
+                                      log=self.log_func)
+        except BaseException:
+            for origin, aside in reversed(kept):
+                _remove_tree(origin)
+                if aside:
+                    os.rename(aside, origin)
+            for leftover in fresh.values():
+                _remove_tree(leftover)
+            raise
+        for _origin, aside in kept:
+            if aside:
+                _remove_tree(aside)
+
+
+def _remove_tree(path: str) -> None:
+    """rmtree that also removes trees whose directories are read-only (their archived modes)."""
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        for top, dirs, _files in os.walk(path):
+            for name in dirs:
+                sub = os.path.join(top, name)
+                if not os.path.islink(sub):
+                    os.chmod(sub, 0o700)
+        os.chmod(path, 0o700)
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _recreate_links(root: str, links_file: str) -> None:
+    """The tree's symlinks that point out of it (archive member <tree>.links.json), created inside `root` only:
+    never through another symlink, never over a directory."""
+    with open(links_file, "rb") as handle:
+        data = handle.read(_MAX_LINKS_JSON + 1)
+    try:
+        entries = json.loads(data.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        entries = None
+    if not isinstance(entries, list) or len(data) > _MAX_LINKS_JSON:
+        raise SarError("the links member of %s is not a JSON list" % root, errors.VERIFY_FAILED)
+    as_root = os.geteuid() == 0
+    for entry in entries:
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        parts = rel.split("/") if isinstance(rel, str) else []
+        if not parts or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or not entry.get("target"):
+            raise SarError("unsafe link entry %r in the links member of %s" % (entry, root), errors.VERIFY_FAILED)
+        where = root
+        for part in parts[:-1]:
+            where = os.path.join(where, part)
+            if not stat.S_ISDIR(os.lstat(where).st_mode):
+                raise SarError("cannot recreate link %r: %s is not a directory" % (rel, where), errors.VERIFY_FAILED)
+        link = os.path.join(where, parts[-1])
+        if os.path.lexists(link):
+            raise SarError("cannot recreate link %r: something is already there" % rel, errors.VERIFY_FAILED)
+        os.symlink(entry["target"], link)
+        if as_root:
+            try:
+                os.lchown(link, _id(pwd.getpwnam, entry.get("owner"), entry.get("uid")),
+                          _id(grp.getgrnam, entry.get("group"), entry.get("gid")))
+            except (OSError, ValueError, TypeError):
+                pass
+        mtime = entry.get("mtime")
+        if isinstance(mtime, int) and os.utime in os.supports_follow_symlinks:
+            os.utime(link, (mtime, mtime), follow_symlinks=False)
+
+
+def _id(lookup, name, number) -> int:
+    """Owner by name where the name exists here, else the archived number (as tar does)."""
+    if name:
+        try:
+            entry = lookup(name)
+            return entry[2]
+        except KeyError:
+            pass
+    return int(number) if number is not None else -1
+
+
+def restore(store, **kwargs) -> dict:
+    return Restore(store, **kwargs).execute()

@@ -1,0 +1,233 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sar_backup_restore
+short_description: Verify a backup archive and restore it onto a PBX appliance
+description:
+  - Restores a C(.sar) archive made by M(sar.backup.sar_backup_run) or the C(sar-backup) timers - from a file on the host
+    (O(path)) or from one of a saved job's targets (O(job), O(target), O(archive)); archives on remote targets are
+    downloaded into the staging directory first.
+  - Verifies the whole archive before anything is changed (every layer, every member's SHA-256, no unsafe member). A
+    corrupted, truncated or tampered archive is reported as such and nothing is written.
+  - Restores the chosen categories (O(data); default every category in the archive) exactly as archived - their
+    database tables as they were (rows added later are gone) and their file trees as they were (files added later are
+    gone). Other categories are not touched.
+  - All or nothing - the file trees are extracted next to where they go, swapped in, then every database dump is restored
+    in one transaction; if the database part fails, the previous trees are put back.
+  - Takes the maintenance lock, like a backup run, so no backup or archiving runs meanwhile.
+  - Check mode verifies the archive and lists what would be restored, checking the database connection, without changing
+    anything.
+version_added: 0.1.0
+author:
+  - sar-backup engineers (@sar-backup)
+extends_documentation_fragment:
+  - sar.backup.common
+options:
+  path:
+    description:
+      - A C(.sar) file on the managed host. Mutually exclusive with O(job).
+    type: path
+  job:
+    description:
+      - A saved job (M(sar.backup.sar_backup_job)) whose target holds the archive.
+    type: str
+  target:
+    description:
+      - With O(job), which of the job's targets to fetch the archive from, by index (V(0) = the first in O(job)'s
+        C(targets) list). E-mail targets cannot be read back.
+    type: int
+    default: 0
+  archive:
+    description:
+      - With O(job), the archive's name (C(<job>_<host>_<YYYYMMDDTHHMMSSZ>.sar)) or V(latest), the newest one of the job on
+        that target.
+    type: str
+    default: latest
+  data:
+    description:
+      - The categories to restore; each must be in the archive. Default - every category in the archive.
+    type: list
+    elements: str
+    choices: [core, cdr_voicemail, announcements]
+  verify_only:
+    description:
+      - Only verify the archive (and fetch it from the target); restore nothing.
+    type: bool
+    default: false
+  passphrase:
+    description:
+      - The passphrase of an archive encrypted with a passphrase.
+    type: str
+  identity:
+    description:
+      - For an archive encrypted to age recipients, the contents of an age identity file (one or more
+        C(AGE-SECRET-KEY-1...) lines).
+    type: str
+  wait:
+    description:
+      - How long to wait for the maintenance lock when a backup or the appliance's archiving holds it - seconds or
+        C(30s)/C(5m)/C(1h). V(0) fails at once with code C(alreadyRunning).
+    type: raw
+    default: 0
+notes:
+  - The PBX services should be stopped while their data is replaced; this module does not stop or start them (do it in
+    the play, as the collection's C(playbooks/restore.yml) does).
+  - A file tree is replaced as a whole directory, so a profile path that is itself a mount point is refused.
+attributes:
+  check_mode:
+    support: full
+    description: Verifies and lists what would be restored; changes nothing.
+  diff_mode:
+    support: none
+    description: Nothing to diff.
+seealso:
+  - module: sar.backup.sar_backup_run
+  - module: sar.backup.sar_backup_info
+"""
+
+EXAMPLES = r"""
+- name: Restore the newest archive of job nightly from its first target
+  sar.backup.sar_backup_restore:
+    job: nightly
+
+- name: Restore only the voicemail and CDR from a given archive on the job's SFTP target (the second one)
+  sar.backup.sar_backup_restore:
+    job: nightly
+    target: 1
+    archive: nightly_pbx01_20261201T013000Z.sar
+    data: [cdr_voicemail]
+
+- name: Check an encrypted archive copied to the host, restore nothing
+  sar.backup.sar_backup_restore:
+    path: /root/nightly_pbx01_20261201T013000Z.sar
+    passphrase: "{{ vault_backup_passphrase }}"
+    verify_only: true
+"""
+
+RETURN = r"""
+archive:
+  description: The archive that was verified.
+  returned: success
+  type: dict
+  contains:
+    name:
+      description: File name.
+      type: str
+    path:
+      description: Where it is on the host, or null when it was downloaded to staging (and removed afterwards).
+      type: str
+    size:
+      description: Bytes.
+      type: int
+    sha256:
+      description: SHA-256 of the whole file.
+      type: str
+    created:
+      description: When the backup ran (ISO 8601 with UTC offset), from the manifest.
+      type: str
+    job:
+      description: The job that made it.
+      type: str
+    host:
+      description: The appliance it was made on.
+      type: str
+    categories:
+      description: Every category the archive holds.
+      type: list
+      elements: str
+    from:
+      description: With O(job), the target it came from (C(job), C(target), C(type), C(location), C(name)); else null.
+      type: dict
+verified:
+  description: Always true on success - the archive was verified completely.
+  returned: success
+  type: bool
+categories:
+  description: The categories restored (or, in check mode, that would be).
+  returned: success
+  type: list
+  elements: str
+  sample: [core, cdr_voicemail]
+restored:
+  description: What was (or would be) put back - one entry per source of the chosen categories.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    category:
+      description: Data category.
+      type: str
+    kind:
+      description: C(postgresql) (a database dump) or C(files) (a file tree).
+      type: str
+    origin:
+      description: The tree's path on the appliance, or the database (never its password).
+      type: str
+    member:
+      description: Where it is in the archive.
+      type: str
+    size:
+      description: Bytes.
+      type: int
+code:
+  description: On failure, the result code (C(verifyFailed) for a damaged archive, C(sourceFailed) when the database
+    restore failed, C(alreadyRunning), C(diskFull), ...).
+  returned: failure
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.sar.backup.plugins.module_utils.errors import MissingLibrary, SarError, ValidationError
+from ansible_collections.sar.backup.plugins.module_utils.fsutil import parse_duration
+from ansible_collections.sar.backup.plugins.module_utils.job import CATEGORIES, secret_values
+from ansible_collections.sar.backup.plugins.module_utils.restore import Restore, parse_identities
+from ansible_collections.sar.backup.plugins.module_utils.store import Store
+
+
+def main():
+    spec = {
+        "config_dir": {"type": "path"},
+        "path": {"type": "path"},
+        "job": {"type": "str"},
+        "target": {"type": "int", "default": 0},
+        "archive": {"type": "str", "default": "latest"},
+        "data": {"type": "list", "elements": "str", "choices": list(CATEGORIES)},
+        "verify_only": {"type": "bool", "default": False},
+        "passphrase": {"type": "str", "no_log": True},
+        "identity": {"type": "str", "no_log": True},
+        "wait": {"type": "raw", "default": 0},
+    }
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
+                           mutually_exclusive=[("path", "job"), ("passphrase", "identity")],
+                           required_one_of=[("path", "job")])
+    params = module.params
+    store = Store(params["config_dir"])
+    try:
+        if params["job"]:
+            # The job's target credentials are used to fetch the archive: never shown.
+            module.no_log_values.update(secret_values(store.load_job(params["job"])))
+        result = Restore(store, path=params["path"], job=params["job"], target=params["target"],
+                         archive_name=params["archive"], data=params["data"], passphrase=params["passphrase"],
+                         identities=parse_identities(params["identity"]), verify_only=params["verify_only"],
+                         check_mode=module.check_mode, wait=parse_duration(params["wait"], "wait")).execute()
+    except ValidationError as exc:
+        module.fail_json(msg=str(exc), field=exc.field)
+    except MissingLibrary as exc:
+        module.fail_json(msg="%s: %s" % (exc.needed_for, missing_required_lib(exc.library)), code=exc.code)
+    except SarError as exc:
+        module.fail_json(msg=str(exc), code=exc.code)
+    except OSError as exc:
+        module.fail_json(msg="restore failed, nothing was changed: %s" % exc)
+    module.exit_json(changed=result["changed"], archive=result["archive"], verified=result["verified"],
+                     categories=result["categories"], restored=result["restored"])
+
+
+if __name__ == "__main__":
+    main()
