@@ -6,8 +6,10 @@
    announcement trees (tests/harness/appliance.py);
 2. runs playbooks/demo.yml on localhost: settings, a daily job with a local
    target, a run now with the download to the "controller";
-3. prints the archive's name, size, SHA-256 and member list, verifies it, and
-   restores it into a scratch database and directory to compare with the sources;
+3. prints the archive's name, size, SHA-256 and member list and verifies it;
+   then changes the appliance (rows added, files changed and deleted) and
+   restores the archive onto it with sar.backup.sar_backup_restore, comparing
+   every table and tree with their state at backup time;
 4. stops what it started.
 """
 
@@ -27,12 +29,22 @@ sys.path.insert(0, os.path.join(ROOT, ".build"))
 from harness import appliance as sample  # noqa: E402
 from harness.postgres import PostgresCluster  # noqa: E402
 
-from ansible_collections.sar.backup.plugins.module_utils import archive, sources  # noqa: E402
+from ansible_collections.sar.backup.plugins.module_utils import archive  # noqa: E402
 
 
 def say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def appliance_state(cluster, profile) -> dict:
+    """What a restore must bring back: every table's rows and every tree's files."""
+    state = {"database %s, table %s" % (profile["database"]["name"], table): rows
+             for table, rows in sample.database_snapshot(cluster).items()}
+    for category in profile["categories"].values():
+        for path in category["paths"]:
+            state["files %s" % path] = sample.tree_snapshot(path)
+    return state
 
 
 def main() -> int:
@@ -76,29 +88,30 @@ def main() -> int:
         for member in info["members"]:
             say("   %-9s %12s  %s" % (member["type"], member.get("size", ""), member["name"]))
 
-        say("== restore check: the archive restored into a scratch database and directory")
-        out = os.path.join(scratch, "restore")
-        os.makedirs(out)
-        archive.extract(result["fetched_path"], out)
-        ok = True
-        for src in info["manifest"]["sources"]:
-            if src["kind"] == "postgresql":
-                db = "demo_restore_%s" % src["category"]
-                cluster.create_database(db, owner=profile["database"]["user"])
-                prof = json.loads(json.dumps(profile))
-                prof["database"]["name"] = db
-                sources.restore_dump(os.path.join(out, src["member"]), prof)
-                tables = {"core": sample.CORE_TABLES, "cdr_voicemail": sample.CDR_TABLES}[src["category"]]
-                same = all(sample.table_rows(cluster, t, db=db) == sample.table_rows(cluster, t) for t in tables)
-                rows = sum(len(sample.table_rows(cluster, t, db=db)) for t in tables)
-                verdict = "identical" if same else "DIFFER"
-                say("   %-14s database: %d tables, %d rows %s" % (src["category"], len(tables), rows, verdict))
-            else:
-                same = sample.tree_snapshot(src["origin"]) == sample.tree_snapshot(os.path.join(out, src["member"]))
-                verdict = "identical" if same else "DIFFER"
-                say("   %-14s files:    %s (%d files) %s" % (src["category"], src["origin"], src.get("files") or 0, verdict))
+        say("== restore check: change the appliance, then restore the downloaded archive onto it")
+        before = appliance_state(cluster, profile)
+        sample.add_rows(cluster, "users", 3)
+        sample.add_rows(cluster, "cdr", 10)
+        changed_paths = sample.change_files(app_root)
+        say("   added 3 users and 10 CDR rows; changed %d files (a new voicemail, edited and new config, "
+            "a deleted announcement)" % len(changed_paths))
+        ok = appliance_state(cluster, profile) != before
+        proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-i", "localhost,",
+                               "-c", "local", "-m", "sar.backup.sar_backup_restore",
+                               "-a", "config_dir=%s path=%s" % (os.path.join(scratch, "etc"), result["fetched_path"])],
+                              env=env, cwd=scratch, check=False, capture_output=True, text=True)
+        if proc.returncode != 0:
+            say(proc.stdout + proc.stderr)
+            say("restore failed (exit %d)" % proc.returncode)
+            return 1
+        say("   ansible localhost -m sar.backup.sar_backup_restore -a 'path=%s': changed"
+            % os.path.basename(result["fetched_path"]))
+        after = appliance_state(cluster, profile)
+        for key in sorted(before):
+            same = after[key] == before[key]
+            say("   %-60s %s" % (key, "as archived" if same else "DIFFERS"))
             ok = ok and same
-        say("== %s" % ("demo OK: verified archive, restore identical to the sources" if ok else "demo FAILED"))
+        say("== %s" % ("demo OK: verified archive, restored appliance identical to the backup" if ok else "demo FAILED"))
         return 0 if ok else 1
     finally:
         cluster.stop()

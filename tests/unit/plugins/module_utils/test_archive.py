@@ -603,3 +603,59 @@ def test_large_file_with_bounded_memory(tmp_path, threads):
         base, peak = (int(x) for x in res.stdout.split())
         assert peak - base < limit, "%s grew peak RSS by %d MiB" % (phase, (peak - base) >> 20)
     shutil.rmtree(str(tmp_path / "out"))
+
+
+# ---------------------------------------------------------------- links out of a tree, routed extraction
+
+def test_links_leaving_their_tree_go_to_the_links_member(tmp_path, tree):
+    (tree / "moh").symlink_to("/usr/share/asterisk/moh")
+    (tree / "sub" / "out").symlink_to("../../elsewhere")
+    (tree / "sub" / "zchain").symlink_to("link/../..")  # through sub/link (-> ../a.txt): leaves the tree
+    path = tmp_path / "x.sar"
+    _info, stats = _build(path, tree)
+    assert sorted(e["path"] for e in stats["external_links"]) == ["moh", "sub/out", "sub/zchain"]
+    assert stats["symlinks"] == 1  # sub/link stays an ordinary member
+    scanned = archive.scan(str(path))  # the archive verifies: nothing in the tar leaves its tree
+    names = [m["name"] for m in scanned["members"]]
+    assert "files/core/0/moh" not in names and "files/core/0/sub/link" in names
+    assert names.index("files/core/0.links.json") == len(names) - 2  # right after its tree, before the checksums
+    shown = subprocess.run(["bash", "-c", "zstd -dc %s | tar -xO files/core/0.links.json" % path],
+                           capture_output=True, check=True).stdout  # standard tools read it
+    links = json.loads(shown)
+    assert {e["path"]: e["target"] for e in links} == {"moh": "/usr/share/asterisk/moh", "sub/out": "../../elsewhere",
+                                                      "sub/zchain": "link/../.."}
+
+
+def test_tree_without_outside_links_has_no_links_member(tmp_path, tree):
+    path = tmp_path / "x.sar"
+    _info, stats = _build(path, tree)
+    assert stats["external_links"] == []
+    assert not [m for m in archive.verify(str(path))["members"] if m["name"].endswith(archive.LINKS_SUFFIX)]
+
+
+def test_extract_routed_sends_each_member_to_its_place(tmp_path, tree):
+    path = tmp_path / "x.sar"
+    _build(path, tree)
+    dest = tmp_path / "restored-tree"
+    dest.mkdir()
+    dump = tmp_path / "restored.pgdump"
+    stats = archive.extract_routed(str(path), {"files/core/0": str(dest), "db/core.pgdump": str(dump)})
+    _compare_tree(tree, dest)
+    assert dump.read_bytes() == (tmp_path / "core.pgdump").read_bytes()
+    assert stats["db/core.pgdump"] == {"files": 1, "bytes": dump.stat().st_size}
+    assert stats["files/core/0"]["files"] == 4
+    # The tree's own directory takes the archived mode and time.
+    assert stat.S_IMODE(dest.stat().st_mode) == stat.S_IMODE(tree.stat().st_mode)
+
+
+def test_extract_routed_verifies_first_and_writes_nothing_when_damaged(tmp_path, tree):
+    path = tmp_path / "x.sar"
+    _build(path, tree)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    dest = tmp_path / "d"
+    dest.mkdir()
+    with pytest.raises(ArchiveError):
+        archive.extract_routed(str(path), {"files/core/0": str(dest), "db/core.pgdump": str(tmp_path / "dump")})
+    assert os.listdir(str(dest)) == [] and not (tmp_path / "dump").exists()
