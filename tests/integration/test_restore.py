@@ -7,6 +7,7 @@ cluster, its own trees), backs it up, changes it, restores and compares."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -273,3 +274,32 @@ def test_restore_playbook(pbx):
     bad = run_playbook(None, str(pbx.tmp), extravars=dict(extravars, job=None) | {"path": "/x.sar"},
                        playbook_path=playbook)
     assert bad.rc != 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("sshd"), reason="needs root and OpenSSH sshd")
+def test_restore_latest_from_an_sftp_target(pbx, capsys):
+    from harness.sshd import SshServer
+    server = SshServer().start()
+    try:
+        sftp = {"type": "sftp", "server": "127.0.0.1", "port": server.port, "username": server.user,
+                "password": server.password, "host_key": server.host_key_line("ssh-ed25519"), "path": "."}
+        pbx.save_job(data=["cdr_voicemail"], targets=[{"type": "local"}, sftp])
+        pbx.backup()
+        before = pbx.snapshot()
+        pbx.change()
+        changed = pbx.snapshot()
+        # The local copy is gone: only the SFTP server has it now.
+        shutil.rmtree(os.path.join(pbx.settings["archive_dir"], "starface-backup"))
+        assert pbx.sar("restore", "--job", "nightly", "--target", "0", "--yes") == 1
+        assert "no archive of job 'nightly' on target 0" in capsys.readouterr().err
+        assert pbx.sar("restore", "--job", "nightly", "--target", "1", "--yes") == 0
+        logged = capsys.readouterr()
+        assert "downloading nightly_" in logged.err and server.password not in logged.err + logged.out
+        after = pbx.snapshot()
+        assert after["db"]["cdr"] == before["db"]["cdr"] and after["db"]["users"] == changed["db"]["users"]
+        for tree in pbx.paths("cdr_voicemail"):
+            assert after["trees"][tree] == before["trees"][tree]
+        assert os.listdir(pbx.settings["staging_dir"]) == []  # the download is gone
+        assert pbx.sar("restore", "--job", "nightly", "--target", "2", "--yes") == 2  # no such target: usage
+    finally:
+        server.stop()
