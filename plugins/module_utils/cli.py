@@ -24,7 +24,9 @@ restored (or, with --dry-run/--verify-only, would be / is intact), 1 failed
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import sys
 import time
 
@@ -36,6 +38,7 @@ from .job import mask
 from .restore import Restore, parse_identities
 from .runner import VERSION, run_job
 from .store import Store, effective_metrics_path
+from .targets import job_target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -212,20 +215,47 @@ def cmd_metrics(store: Store, args) -> int:
     return EXIT_OK
 
 
+def _reported_by_runner(env) -> bool:
+    """Whether the failed service was a run that failed and said so itself (exit 1: status file
+    written, report mailed). systemd >= 251 tells OnFailure= units how the service ended; without
+    that, assume the worst (a duplicate mail beats a crash nobody hears of)."""
+    return env.get("MONITOR_SERVICE_RESULT") == "exit-code" and env.get("MONITOR_EXIT_STATUS") == str(EXIT_FAILED)
+
+
 def cmd_crash_report(store: Store, args) -> int:
-    """OnFailure= hook: the runner died without reporting (killed, crashed)."""
+    """OnFailure= hook: the runner died without reporting (killed, crashed, out of memory, bad
+    configuration). Records it in the job's status file and the metrics, so monitoring sees a
+    failed run and not the last success, and mails the job's report_to."""
+    unit = args.unit or "sar-backup@%s.service" % args.job
+    if _reported_by_runner(os.environ):
+        out("%s: the run failed and reported it itself; nothing to add" % unit)
+        return EXIT_OK
     settings = store.settings()
     job = store.load_job(args.job)
-    msg = "the backup service %s stopped without reporting (killed or crashed); see journalctl -u %s" % (
-        args.unit or "sar-backup@%s.service" % args.job, args.unit or "sar-backup@%s.service" % args.job)
-    result = {"job": job["name"], "host": short_hostname(), "code": errors.FAILED, "error": msg,
-              "started": None, "finished": None, "duration": None, "archive": None,
-              "targets": [{"index": i, "type": t["type"], "location": None, "code": errors.FAILED, "error": msg}
-                          for i, t in enumerate(job["targets"])]}
-    if not job.get("report_to") or job.get("report_on") == "never":
-        out(msg)
-        return EXIT_OK
-    report.mail_report(settings, job, result)
+    how = os.environ.get("MONITOR_SERVICE_RESULT")
+    how = "ended with %s (exit status %s)" % (how, os.environ.get("MONITOR_EXIT_STATUS", "?")) if how \
+        else "stopped without reporting (killed or crashed)"
+    msg = "the backup service %s %s; see journalctl -u %s" % (unit, how, unit)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    when = now.astimezone().isoformat(timespec="seconds")
+    host = short_hostname()
+    targets = []
+    for index, options in enumerate(job["targets"]):
+        entry = {"index": index, "type": options["type"], "location": None, "status": "failed", "code": errors.FAILED,
+                 "bytes": 0, "seconds": 0.0, "error": msg, "pruned": []}
+        try:
+            entry["location"] = job_target(job, index, store.config_dir, settings, host).location()
+        except Exception:  # pylint: disable=broad-except  # a report must not fail on a broken target
+            pass
+        targets.append(entry)
+    result = {"job": job["name"], "host": host, "code": errors.FAILED, "success": False, "error": msg,
+              "started": when, "started_epoch_ms": int(now.timestamp() * 1000), "finished": when, "duration": None,
+              "archive": None, "targets": targets, "crash": True}
+    report.write_status(settings, result)
+    report.write_metrics(settings, store.job_names(), effective_metrics_path(settings))
+    out(msg)
+    if job.get("report_to") and job.get("report_on") != "never":
+        report.mail_report(settings, job, result)
     return EXIT_OK
 
 

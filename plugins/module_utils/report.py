@@ -102,7 +102,7 @@ def prometheus_text(statuses: dict) -> str:
         success = _epoch(status.get("last_success"))
         rows["success"].append('sar_backup_last_success_timestamp_seconds{job="%s"} %s' % (job, int(success) if success else 0))
         rows["last"].append('sar_backup_last_run_timestamp_seconds{job="%s"} %d' % (job, int(_epoch(status.get("finished")) or 0)))
-        rows["duration"].append('sar_backup_duration_seconds{job="%s"} %s' % (job, status.get("duration", 0)))
+        rows["duration"].append('sar_backup_duration_seconds{job="%s"} %s' % (job, status.get("duration") or 0))
         size = (status.get("archive") or {}).get("size") or 0
         rows["bytes"].append('sar_backup_archive_bytes{job="%s"} %d' % (job, size))
         for target in status.get("targets", []):

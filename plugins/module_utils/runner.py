@@ -166,9 +166,9 @@ class Run:
         return root
 
     def clean_stale_staging(self, root: str) -> None:
-        """Remove what a killed run of this job left in staging. Safe: we hold
-        the maintenance lock, so no other run is building there."""
-        workdir = re.compile(r"^\.%s-[a-z0-9_]{8}$" % re.escape(self.job["name"]))
+        """Remove what killed runs (of any job) and restores left in staging, and this job's
+        kept copy. Safe: we hold the maintenance lock, and only its holder works in staging."""
+        workdir = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]*-[a-z0-9_]{8}$")
         kept_copy = archive_pattern(self.job["name"])
         for entry in os.listdir(root):
             path = os.path.join(root, entry)

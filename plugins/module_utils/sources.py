@@ -25,7 +25,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .errors import SourceError, ValidationError
+from .errors import DISK_FULL, SourceError, ValidationError
 from .job import CATEGORIES
 
 KIND_DB = "postgresql"
@@ -472,9 +472,13 @@ def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
                         % (source.category, db.get("name"), ", ".join(source.tables)))
                 proc = _run(dump_argv(source, profile, dest_path, empty=True), env)
         if proc.returncode != 0:
-            raise SourceError("%s: pg_dump of database %r at %s as %r failed (exit %d): %s"
+            # A full staging disk is the disk's fault, not the database's: monitoring keys on diskFull.
+            full = "No space left on device" in proc.stderr
+            raise SourceError("%s: pg_dump of database %r at %s as %r failed (exit %d): %s%s"
                               % (source.category, db.get("name"), _where(profile), db.get("user"),
-                                 proc.returncode, _first_lines(proc.stderr)))
+                                 proc.returncode, _first_lines(proc.stderr),
+                                 " (staging directory %s is full)" % directory if full else ""),
+                              code=DISK_FULL if full else None)
         size = os.path.getsize(dest_path)
         ok = True
         return size

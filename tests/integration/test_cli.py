@@ -201,6 +201,64 @@ def test_status_exit_codes_checkmk_and_metrics(host, capsys):
     assert sar(host, "status") == 3
 
 
+def test_crash_report_records_a_failed_run_once(host, capsys, monkeypatch):
+    save_job(host["store"], targets=[{"type": "local"}, {"type": "sftp", "server": "127.0.0.1", "port": 1,
+                                                         "username": "u", "password": SFTP_SECRET}])
+    save_job(host["store"])
+    assert sar(host, "run", "nightly") == 0
+    capsys.readouterr()
+    good = status_of(host)
+    assert sar(host, "status") == 0
+
+    # A run that failed and mailed its own report (exit status 1): the hook adds nothing.
+    monkeypatch.setenv("MONITOR_SERVICE_RESULT", "exit-code")
+    monkeypatch.setenv("MONITOR_EXIT_STATUS", "1")
+    assert sar(host, "crash-report", "nightly") == 0
+    assert "reported it itself" in capsys.readouterr().out
+    assert host["smtp"].messages == [] and status_of(host) == good
+
+    # Killed: the status file says failed (monitoring goes CRITICAL), the last success is kept, one mail.
+    monkeypatch.setenv("MONITOR_SERVICE_RESULT", "signal")
+    monkeypatch.setenv("MONITOR_EXIT_STATUS", "KILL")
+    assert sar(host, "crash-report", "nightly") == 0
+    status = status_of(host)
+    assert status["code"] == "failed" and status["crash"] is True and "ended with signal" in status["error"]
+    assert status["last_success"] == good["last_success"]
+    assert [t["location"] for t in status["targets"]] == [good["targets"][0]["location"]]
+    capsys.readouterr()
+    assert sar(host, "status") == 2
+    assert "CRITICAL" in capsys.readouterr().out
+    assert sar(host, "status", "--format", "checkmk") == 0
+    assert re.search(r"^\[HDD\]\S+ \d{13} de\.vertico\.backup\.failed$", capsys.readouterr().out, re.M)
+    metrics = open(os.path.join(host["settings"]["status_dir"], "sar_backup.prom")).read()
+    assert re.search(r'^sar_backup_last_run_result\{job="nightly",target="0",.*code="failed"\} 0$', metrics, re.M)
+    assert re.search(r'^sar_backup_duration_seconds\{job="nightly"\} 0$', metrics, re.M)  # never "None"
+    assert len(host["smtp"].messages) == 1
+    assert "ended with signal" in host["smtp"].messages[0].raw.decode("utf-8", "replace")
+
+    # A configuration error (exit 2) never reached the runner's report: reported too.
+    monkeypatch.setenv("MONITOR_SERVICE_RESULT", "exit-code")
+    monkeypatch.setenv("MONITOR_EXIT_STATUS", "2")
+    assert sar(host, "crash-report", "nightly") == 0
+    assert len(host["smtp"].messages) == 2
+
+
+def test_a_run_removes_what_killed_runs_of_any_job_left_in_staging(host, capsys):
+    save_job(host["store"])
+    staging = host["settings"]["staging_dir"]
+    left = [".weekly-ab12cd34", ".restore-x9y8z7w6", ".nightly-00aa11bb"]
+    for name in left:
+        os.makedirs(os.path.join(staging, name, "sub"))
+        with open(os.path.join(staging, name, "sub", "x.sar.partial"), "wb") as handle:
+            handle.write(b"left by a killed run")
+    foreign = os.path.join(staging, "operator-notes.txt")  # not ours: never touched
+    with open(foreign, "w") as handle:
+        handle.write("keep me")
+    assert sar(host, "run", "nightly") == 0
+    assert sorted(os.listdir(staging)) == ["operator-notes.txt"]
+    assert capsys.readouterr().err.count("removing leftover") == 3
+
+
 def test_list_and_verify(host, capsys):
     save_job(host["store"])
     assert sar(host, "run", "nightly") == 0

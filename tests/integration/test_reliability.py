@@ -254,9 +254,10 @@ def test_staging_fills_during_the_build(tmp_path, tmpfs, bloated_db, size, tree_
         assert status["code"] == "diskFull"
         assert "No space left on device" in status["error"]
     else:
-        # pg_dump cannot write its file: reported as the failed source, with the reason.
-        assert status["code"] in ("diskFull", "sourceFailed")
+        # pg_dump cannot write its file: the disk's fault, reported as diskFull with pg_dump's reason.
+        assert status["code"] == "diskFull"
         assert "pg_dump" in status["error"] and "No space left on device" in status["error"], status["error"]
+        assert "staging directory" in status["error"]
     assert {t["code"] for t in status["targets"]} == {status["code"]}
     assert status["archive"] is None  # nothing was built
     assert every_file(staging_fs) == [], "staging not cleaned"
@@ -424,6 +425,8 @@ def test_killed_while_building(tmp_path):
         # What the unit's OnFailure= hook runs: the kill is reported by mail.
         assert cli.main(["--config-dir", host.store.config_dir, "crash-report", JOB]) == 0
         assert len(smtp.messages) == 1 and "killed or crashed" in smtp.messages[0].raw.decode("utf-8", "replace")
+        assert host.status()["code"] == "failed" and host.status()["crash"] is True
+        assert cli.main(["--config-dir", host.store.config_dir, "status"]) == 2  # CRITICAL: the last run failed
 
         # The next run removes the leftover workdir and succeeds.
         assert os.path.isdir(workdir)

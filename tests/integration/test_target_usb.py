@@ -307,6 +307,8 @@ def test_verify_detects_a_short_and_a_corrupted_copy(drives, tmp_path, monkeypat
                 handle.seek(1000)
                 handle.write(b"X")
 
+    earlier, earlier_sha = make_archive(tmp_path, 1000, name=name_at(1))
+    deliver(drives.target(verify="full"), earlier, earlier_sha, name=name_at(1))  # a good, older archive
     monkeypatch.setattr(usb.UsbTarget, "put", damaging_put)
     damage["how"] = "short"
     with pytest.raises(TargetError) as info:
@@ -318,7 +320,14 @@ def test_verify_detects_a_short_and_a_corrupted_copy(drives, tmp_path, monkeypat
     with pytest.raises(TargetError) as info:
         deliver(drives.target(verify="full"), path, sha)
     assert info.value.code == errors.VERIFY_FAILED and "does not match" in str(info.value)
+    assert "the bad copy was removed" in str(info.value)
     assert drives.disks.mounts_of(disk) == []
+    # The bad copy is gone (it would look like a good backup), the earlier archive is untouched.
+    root = drives.disks.mount(disk)
+    try:
+        assert sorted(os.listdir(os.path.join(root, "starface-backup", JOB))) == [name_at(1)]
+    finally:
+        drives.disks.unmount(disk)
 
 
 def test_keep_2_prunes_older_archives_and_leftover_partials_only(drives, tmp_path):

@@ -173,11 +173,29 @@ class Target:
         try:
             self.ensure_dir()
             self.put(src_path, name, size)
-            self.verify(name, size, sha256)
+            try:
+                self.verify(name, size, sha256)
+            except TargetError as exc:
+                if exc.code == errors.VERIFY_FAILED:
+                    self.discard_bad(name, exc)
+                raise
             pruned = self.prune(int(self.options.get("keep", 7)), protect=name)
             return {"bytes": size, "pruned": pruned}
         finally:
             self.close()
+
+    def discard_bad(self, name: str, exc: TargetError) -> None:
+        """A copy that failed verification must not stay under a .sar name, where it would look like a
+        good backup (and count for retention); earlier archives are not touched."""
+        try:
+            if self.size_of(name) is None:
+                return
+            self.remove(name)
+            exc.msg = "%s; the bad copy was removed" % exc.msg
+            exc.args = (exc.msg,)
+        except Exception as cleanup:  # pylint: disable=broad-except  # the verify failure is what we report
+            exc.msg = "%s; removing the bad copy failed too: %s" % (exc.msg, cleanup)
+            exc.args = (exc.msg,)
 
     def check(self) -> None:
         """Check mode: log in and prove write access; leaves nothing behind."""
