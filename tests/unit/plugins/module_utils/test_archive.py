@@ -622,8 +622,8 @@ def test_links_leaving_their_tree_go_to_the_links_member(tmp_path, tree):
     shown = subprocess.run(["bash", "-c", "zstd -dc %s | tar -xO files/core/0.links.json" % path],
                            capture_output=True, check=True).stdout  # standard tools read it
     links = json.loads(shown)
-    assert {e["path"]: e["target"] for e in links} == {"moh": "/usr/share/asterisk/moh", "sub/out": "../../elsewhere",
-                                                      "sub/zchain": "link/../.."}
+    expected = {"moh": "/usr/share/asterisk/moh", "sub/out": "../../elsewhere", "sub/zchain": "link/../.."}
+    assert {e["path"]: e["target"] for e in links} == expected
 
 
 def test_tree_without_outside_links_has_no_links_member(tmp_path, tree):
