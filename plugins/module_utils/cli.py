@@ -4,7 +4,7 @@
 """`sar-backup`: the command timers run on the appliance (no Ansible needed).
 
     sar-backup [--config-dir DIR] run JOB [--scheduled] [--wait D]
-    sar-backup [--config-dir DIR] list [--format text|json]
+    sar-backup [--config-dir DIR] list [JOB ...] [--archives] [--format text|json]
     sar-backup [--config-dir DIR] verify FILE [--passphrase-file F | --identity F]
     sar-backup [--config-dir DIR] restore (FILE | --job J [--target N] [--archive NAME|latest])
                [--data CAT ...] [--verify-only | --dry-run | --yes] [--wait D] [--passphrase-file F | --identity F]
@@ -15,10 +15,10 @@
 The installed wrapper calls main() and exits with what it returns.
 
 Exit codes: run 0 success (or not due yet), 1 the run failed, 2 bad usage or
-configuration; verify 0 intact, 1 corrupt or unreadable, 2 usage; restore 0
-restored (or, with --dry-run/--verify-only, would be / is intact), 1 failed
-(nothing changed), 2 bad usage; status
-0/1/2/3 as Nagios (OK/WARNING/CRITICAL/UNKNOWN).
+configuration; list 0, or 1 when a target's archives could not be listed;
+verify 0 intact, 1 corrupt or unreadable, 2 usage; restore 0 restored (or,
+with --dry-run/--verify-only, would be / is intact), 1 failed (nothing
+changed), 2 bad usage; status 0/1/2/3 as Nagios (OK/WARNING/CRITICAL/UNKNOWN).
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ import os
 import sys
 import time
 
-from . import errors, report, schedule
+from . import errors, info, report
 from .archive import verify as verify_archive
 from .errors import SarError, ValidationError
 from .fsutil import parse_duration, short_hostname
-from .job import mask
 from .restore import Restore, parse_identities
 from .runner import VERSION, run_job
 from .store import Store, effective_metrics_path
@@ -125,26 +124,31 @@ def cmd_run(store: Store, args) -> int:
 
 
 def cmd_list(store: Store, args) -> int:
-    settings = store.settings()
-    rows = []
-    for name in store.job_names():
-        job = store.load_job(name)
-        status = report.read_status(settings, name)
-        rows.append({"name": name, "job": mask(job), "on_calendar": schedule.on_calendar(job),
-                     "next_runs": [schedule.iso(t) for t in schedule.next_runs(job, 3)],
-                     "last_run": status})
+    rows = info.jobs_info(store, args.job)
+    found, unreachable = info.archives_info(store, args.job, log=None) if args.archives else ([], [])
     if args.format == "json":
-        out(json.dumps(rows, indent=2))
-        return EXIT_OK
+        data = {"jobs": rows}
+        if args.archives:
+            data.update(archives=found, unreachable_targets=unreachable)
+        out(json.dumps(data, indent=2))  # the shape sar_backup_info returns
+        return EXIT_FAILED if unreachable else EXIT_OK
     if not rows:
         out("no jobs in %s" % store.jobs_dir)
     for row in rows:
         job, last = row["job"], row["last_run"] or {}
+        if job is None:
+            out("%-24s INVALID: %s" % (row["name"], row.get("error")))
+            continue
         out("%-24s %-8s next %-26s last %s %s" % (
-            row["name"], job["interval"], (row["next_runs"] or ["-"])[0], last.get("code", "never"), last.get("finished", "")))
+            row["name"], job["interval"], (row["schedule"]["next_runs"] or ["-"])[0], last.get("code", "never"),
+            last.get("finished", "")))
         for i, target in enumerate(job["targets"]):
-            out("    %d. %s" % (i + 1, target["type"]))
-    return EXIT_OK
+            out("    %d. %s" % (i, target["type"]))
+            for entry in (e for e in found if e["job"] == row["name"] and e["target"] == i):
+                out("         %s  %12d bytes  %s" % (entry["name"], entry["size"], entry["created"]))
+            for entry in (e for e in unreachable if e["job"] == row["name"] and e["target"] == i):
+                out("         cannot list archives (%s): %s" % (entry["code"], entry["error"]))
+    return EXIT_FAILED if unreachable else EXIT_OK
 
 
 def cmd_verify(store: Store, args) -> int:
@@ -259,8 +263,15 @@ def cmd_crash_report(store: Store, args) -> int:
     return EXIT_OK
 
 
+def _exit_codes():
+    doc = __doc__ or ""  # None under python -OO
+    return doc[doc.index("Exit codes:"):] if "Exit codes:" in doc else None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sar-backup", description="Backups of a PBX appliance (sar.backup runtime).")
+    parser = argparse.ArgumentParser(prog="sar-backup", description="Backups of a PBX appliance (sar.backup runtime).",
+                                     epilog=_exit_codes(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-dir", help="configuration directory (default $SAR_BACKUP_CONFIG_DIR or /etc/sar-backup)")
     parser.add_argument("--version", action="version", version="sar-backup %s" % VERSION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduled", action="store_true", help="a timer run: defer and retry when the lock is taken")
     p.add_argument("--wait", default="0", help="ad hoc: how long to wait for the maintenance lock (e.g. 10m)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("list", help="saved jobs, schedules and last results")
+    p = sub.add_parser("list", help="saved jobs, schedules and last results (and archives on every target)")
+    p.add_argument("job", nargs="*", help="only these jobs")
+    p.add_argument("--archives", action="store_true", help="also list the archives on every target of each job")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("verify", help="verify a .sar archive completely")

@@ -107,18 +107,12 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.sar.backup.plugins.module_utils import schedule
+from ansible_collections.sar.backup.plugins.module_utils.info import schedule_info
 from ansible_collections.sar.backup.plugins.module_utils.errors import SarError, ValidationError
 from ansible_collections.sar.backup.plugins.module_utils.job import (
     argument_spec, diff_view, mask, params_to_raw, validate_job, validate_name,
 )
 from ansible_collections.sar.backup.plugins.module_utils.store import Store
-
-
-def schedule_info(job: dict) -> dict:
-    return {
-        "on_calendar": schedule.on_calendar(job),
-        "next_runs": [schedule.iso(t) for t in schedule.next_runs(job, 3)],
-    }
 
 
 def main():

@@ -264,9 +264,23 @@ def test_list_and_verify(host, capsys):
     assert sar(host, "run", "nightly") == 0
     capsys.readouterr()
     assert sar(host, "list", "--format", "json") == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["name"] == "nightly" and rows[0]["on_calendar"] == ["*-*-* 02:00:00"]
+    rows = json.loads(capsys.readouterr().out)["jobs"]
+    assert rows[0]["name"] == "nightly" and rows[0]["schedule"]["on_calendar"] == ["*-*-* 02:00:00"]
+    assert rows[0]["last_run"] == status_of(host)
     archive = status_of(host)["archive"]
+    # With the archives of every target; a target that cannot be listed makes the exit code 1.
+    assert sar(host, "list", "nightly", "--archives") == 0
+    text = capsys.readouterr().out
+    assert "0. local" in text and archive["name"] in text
+    save_job(host["store"], name="offsite", targets=[{"type": "sftp", "server": "127.0.0.1", "port": 1,
+                                                      "username": "u", "password": SFTP_SECRET}])
+    assert sar(host, "list", "--archives", "--format", "json") == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [a["name"] for a in data["archives"]] == [archive["name"]]
+    assert [(u["job"], u["code"]) for u in data["unreachable_targets"]] == [("offsite", "connectFailed")]
+    assert SFTP_SECRET not in json.dumps(data)
+    assert sar(host, "list", "nope") == 2
+    assert "no job named 'nope'" in capsys.readouterr().err
     folder = os.path.join(host["settings"]["archive_dir"], "starface-backup", "nightly")
     assert sar(host, "verify", os.path.join(folder, archive["name"])) == 0
     assert "OK" in capsys.readouterr().out
