@@ -3,7 +3,8 @@
 # as ansible_collections.sar.backup through a symlink in a temp dir.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-farm="${TMPDIR:-/tmp}/sar-backup-pytest-$(id -u)"
+# One farm per checkout (as tests/harness/playbook.py): parallel checkouts never re-point each other.
+farm="${TMPDIR:-/tmp}/sar-backup-units-$(id -u)-$(printf %s "$root" | sha1sum | cut -c1-10)"
 mkdir -p "$farm/ansible_collections/sar"
 ln -sfn "$root" "$farm/ansible_collections/sar/backup"
 cd "$root"

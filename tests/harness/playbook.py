@@ -4,6 +4,7 @@ collection on localhost, and read their results."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -18,7 +19,9 @@ BIN = os.path.dirname(sys.executable)
 
 def collections_path() -> str:
     """ansible_collections/sar/backup -> this working tree (a symlink farm in tmp)."""
-    farm = os.path.join(tempfile.gettempdir(), "sar-backup-pytest-%d" % os.getuid())
+    # One farm per checkout: two checkouts testing at once must not re-point each other's link.
+    tag = hashlib.sha1(ROOT.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    farm = os.path.join(tempfile.gettempdir(), "sar-backup-pytest-%d-%s" % (os.getuid(), tag))
     base = os.path.join(farm, "ansible_collections", "sar")
     os.makedirs(base, exist_ok=True)
     link = os.path.join(base, "backup")
