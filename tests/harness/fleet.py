@@ -120,7 +120,8 @@ short_description: recap stats and per-host task results as JSON (tests/harness/
 description: [Writes $SAR_FLEET_REPORT at the end of the playbook.]
 """
 
-KEEP = ("changed", "failed", "skipped", "unreachable", "msg", "code", "archive", "targets", "fetched_path", "rc")
+KEEP = ("changed", "failed", "skipped", "unreachable", "msg", "code", "archive", "targets", "fetched_path", "rc",
+        "categories", "restored")
 
 
 class CallbackModule(CallbackBase):

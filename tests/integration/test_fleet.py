@@ -13,7 +13,9 @@ nothing listening.
 3. playbooks/run.yml runs the job everywhere with fetch_to: each appliance has
    its own status file (code successful) and its own archive (its host name in
    the name, its own announcement file inside), fetched to
-   <fetch_to>/<inventory_hostname>/ with the SHA-256 the appliance reported.
+   <fetch_to>/<inventory_hostname>/ with the SHA-256 the appliance reported;
+4. playbooks/restore.yml on two chosen appliances brings their announcements
+   back from their own newest archive, and leaves the others alone.
 
 The appliances share one PostgreSQL cluster (the `core` dump) and the sample
 appliance's configuration trees; each has its own announcements directory
@@ -224,3 +226,29 @@ def test_run_job_everywhere_each_appliance_its_own_archive(env):
         assert [s["origin"] for s in sources if s["category"] == "announcements"] == [ANNOUNCEMENTS]
         assert any(s["category"] == "core" and s["kind"] == "postgresql" for s in sources), sources
     assert len(names) == APPLIANCES  # five different archives
+
+
+def test_restore_on_chosen_appliances_only(env):
+    """playbooks/restore.yml over SSH with the installed runtime: the announcements of two
+    appliances are brought back from their own newest archive; the others are not touched."""
+    job_run(env)
+    fleet = env.fleet
+    chosen, others = fleet.hosts[:2], fleet.hosts[2:]
+    for host in fleet.hosts:
+        fleet.run(host, ["rm", "--", os.path.join(ANNOUNCEMENTS, "greeting.wav")])
+        fleet.write_file(host, os.path.join(ANNOUNCEMENTS, "later.wav"), b"after the backup")
+    restore = os.path.join(ROOT, "playbooks", "restore.yml")
+    run, report, _seconds = env.playbook("restore", restore, {
+        "sar_backup_hosts": ",".join(chosen), "job": JOB, "data": ["announcements"]})
+    for host in chosen:
+        assert report["stats"][host]["failures"] == 0 and report["stats"][host]["unreachable"] == 0, describe(run, report)
+        listing = fleet.run(host, ["ls", ANNOUNCEMENTS]).stdout.decode().split()
+        assert sorted(listing) == sorted(env.files[host]), (host, listing)
+        for fname, data in env.files[host].items():
+            assert fleet.read_file(host, os.path.join(ANNOUNCEMENTS, fname)) == data
+        results = [t for t in report["tasks"] if t["host"] == host and t.get("categories")]
+        assert results and results[-1]["categories"] == ["announcements"], results
+    for host in others:
+        assert host not in report["stats"] or report["stats"][host]["changed"] == 0
+        listing = fleet.run(host, ["ls", ANNOUNCEMENTS]).stdout.decode().split()
+        assert "later.wav" in listing and "greeting.wav" not in listing
