@@ -303,3 +303,26 @@ def test_restore_latest_from_an_sftp_target(pbx, capsys):
         assert pbx.sar("restore", "--job", "nightly", "--target", "2", "--yes") == 2  # no such target: usage
     finally:
         server.stop()
+
+
+def test_restore_with_an_age_identity_and_wrong_categories(pbx, tmp_path, capsys):
+    from ansible_collections.sar.backup.plugins.module_utils import agecrypt
+    identity, recipient = agecrypt.generate_identity()
+    pbx.save_job(data=["announcements"], encryption={"recipients": [recipient]})
+    path = pbx.backup()
+    before = pbx.snapshot()
+    pbx.change()
+    changed = pbx.snapshot()
+    # Nothing to decrypt with, a category the archive does not hold: refused, nothing changed.
+    assert pbx.sar("restore", path, "--yes") == 1
+    assert "encrypted" in capsys.readouterr().err
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("# created: by the test\n# public key: %s\n%s\n" % (recipient, identity))
+    assert pbx.sar("restore", path, "--identity", str(key_file), "--data", "core", "--yes") == 2
+    assert "data[0]: the archive holds announcements, not 'core'" in capsys.readouterr().err
+    assert pbx.snapshot() == changed
+    assert pbx.sar("restore", path, "--identity", str(key_file), "--yes") == 0
+    after = pbx.snapshot()
+    for tree in pbx.paths("announcements"):
+        assert after["trees"][tree] == before["trees"][tree]
+    assert after["db"] == changed["db"]  # no database part in this archive
