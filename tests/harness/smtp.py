@@ -14,8 +14,15 @@ in starttls mode only after STARTTLS, and then it is required before MAIL.
 Knobs (attributes of `server.handler`, may be changed while running):
 `reject_rcpt` (True or a set of addresses) answers RCPT with 550,
 `reject_data` answers DATA with 550 (True) or with the reply given as a
-string (e.g. "451 4.3.0 try again later"). `commands` records the commands seen
-(MAIL, RCPT, DATA, RSET, AUTH ok/failed) in order.
+string (e.g. "451 4.3.0 try again later"), after the whole message came in.
+`drop_data_after` (a byte count) closes the connection once that much of the
+DATA arrived, without a reply ("DATA dropped" in `commands`). `parse` (default
+True): False keeps only the raw bytes (Received.message None), for big messages.
+`commands` records the commands seen (MAIL, RCPT, DATA, RSET, AUTH ok/failed) in order.
+
+`data_size_limit=` (SmtpServer): aiosmtpd's limit, announced as SIZE in EHLO;
+over it MAIL FROM with SIZE= or the DATA get 552. Default: aiosmtpd's (32 MiB);
+0 or None: no limit and no SIZE.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import threading
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 MODES = ("plain", "starttls", "tls")
 
@@ -65,6 +72,8 @@ class Received:
 class _Handler:
     reject_rcpt: object = False  # True, or a set of addresses
     reject_data: object = False  # True (550) or a reply line
+    drop_data_after: int = 0  # close the connection after this many bytes of DATA
+    parse: bool = True  # False: Received.message is None (the raw bytes only)
     messages: list = field(default_factory=list)
     commands: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -91,7 +100,7 @@ class _Handler:
         if self.reject_data:
             return self.reject_data if isinstance(self.reject_data, str) else "550 5.7.1 message rejected by policy"
         raw = envelope.original_content
-        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        parsed = email.message_from_bytes(raw, policy=email.policy.default) if self.parse else None
         with self.lock:
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), raw, parsed))
         return "250 2.0.0 accepted"
@@ -99,6 +108,26 @@ class _Handler:
     async def handle_RSET(self, server, session, envelope):
         self._note("RSET")
         return "250 OK"
+
+
+class _SMTP(SMTP):
+    """aiosmtpd's server, plus the handler's `drop_data_after`: a relay that
+    dies in the middle of a message."""
+
+    async def smtp_DATA(self, arg):
+        handler = self.event_handler
+        if not handler.drop_data_after or self.envelope is None or not self.envelope.rcpt_tos:
+            await super().smtp_DATA(arg)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        seen = 0
+        while seen < handler.drop_data_after:
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                break
+            seen += len(chunk)
+        handler._note("DATA dropped")  # pylint: disable=protected-access
+        self.transport.abort()  # no reply, no goodbye: the socket is simply gone
 
 
 class _Controller(Controller):
@@ -109,11 +138,14 @@ class _Controller(Controller):
         self.port = self.server.sockets[0].getsockname()[1]
         super()._trigger_server()
 
+    def factory(self):
+        return _SMTP(self.handler, **self.SMTP_kwargs)
+
 
 class SmtpServer:
     def __init__(self, tmp_dir: str, mode: str = "plain", username: str | None = None,
                  password: str | None = None, san: str = "DNS:localhost,IP:127.0.0.1",
-                 reject_rcpt=False, reject_data=False):
+                 reject_rcpt=False, reject_data=False, data_size_limit=...):
         if mode not in MODES:
             raise ValueError("mode must be one of %s" % (MODES,))
         self.tmp_dir = tmp_dir
@@ -122,6 +154,7 @@ class SmtpServer:
         self.password = password
         self.san = san
         self.handler = _Handler(reject_rcpt=reject_rcpt, reject_data=reject_data)
+        self.data_size_limit = data_size_limit  # ...: aiosmtpd's default
         self.cert = self.key = None
         self.controller = None
 
@@ -162,6 +195,8 @@ class SmtpServer:
 
     def start(self) -> "SmtpServer":
         kwargs = {}
+        if self.data_size_limit is not ...:
+            kwargs["data_size_limit"] = self.data_size_limit or None
         if self.mode != "plain":
             self.cert, self.key = make_cert(self.tmp_dir, self.san)
             server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

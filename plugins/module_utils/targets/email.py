@@ -14,6 +14,10 @@ targets do after an upload does not apply:
 The size check comes first: the whole message as it would go on the wire
 (base64 attachment with its line breaks, headers, text) is computed from the
 archive's size and compared with `max_size` before any connection is made.
+
+The archive is never held in memory: the message is composed without it and
+the attachment is encoded from the file while the DATA goes out (mailer.compose
+and mailer.send_wire), so max_size may be large without costing RAM.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ class EmailTarget(Target):
              "human": mailer.human_size(size), "sha": sha256}
 
     def message_args(self, src_path: str, name: str, size: int, sha256: str) -> dict:
-        """Arguments for mailer.message_size/build_message; Message-ID and Date
+        """Arguments for mailer.compose/message_size; Message-ID and Date
         fixed here so the size computed is the size sent."""
         sender = mailer.sender_of(self.smtp)
         return {
@@ -97,9 +101,9 @@ class EmailTarget(Target):
             "date": email.utils.formatdate(localtime=False),
         }
 
-    def check_size(self, args: dict) -> int:
+    def check_size(self, message: mailer.WireMessage) -> int:
         """Encoded message size; mailtobig when over max_size."""
-        total = mailer.message_size(**args)
+        total = message.size
         limit = int(self.options.get("max_size") or 0)
         if limit and total > limit:
             raise TargetError(
@@ -109,13 +113,14 @@ class EmailTarget(Target):
         return total
 
     def send(self, src_path: str, name: str, size: int, sha256: str) -> None:
-        args = self.message_args(src_path, name, size, sha256)
-        self.check_size(args)  # before connecting: nothing leaves the host when too big
+        # Headers and text now; the archive is read and encoded only while it is sent.
+        message = mailer.compose(**self.message_args(src_path, name, size, sha256))
+        self.check_size(message)  # before connecting: nothing leaves the host when too big
         # Fail early (and without reading the archive) when no relay is set.
         if not self.smtp.get("host"):
             raise TargetError(mailer.NO_RELAY, errors.CONNECT_FAILED)
-        msg = mailer.build_message(**args)
-        self.retrying("sending", mailer.send_message, self.smtp, msg)
+        # Each attempt reads the archive again from the start.
+        self.retrying("sending", mailer.send_wire, self.smtp, message)
 
     def deliver(self, src_path: str, name: str, size: int, sha256: str) -> dict:
         """One message with the archive attached. Returns {'bytes', 'pruned'}."""
