@@ -279,6 +279,8 @@ class Restore:
             for e in dumps:
                 routes[e["member"]] = os.path.join(self.staging(), os.path.basename(e["member"]))
         kept = []
+        for e in trees:
+            _remove_leftovers(e["origin"], ".sar-restore-", self.log)  # of a restore that was killed
         try:
             for e in trees:
                 origin = e["origin"]
@@ -315,9 +317,25 @@ class Restore:
             for leftover in fresh.values():
                 _remove_tree(leftover)
             raise
-        for _origin, aside in kept:
+        for origin, aside in kept:
             if aside:
                 _remove_tree(aside)
+            _remove_leftovers(origin, ".sar-old-", self.log)  # trees a killed restore had set aside
+
+
+def _remove_leftovers(origin: str, kind: str, log=None) -> None:
+    """Remove `.<name><kind>XXXXXXXX` next to `origin`: what a killed restore left (we hold the lock)."""
+    parent, base = os.path.split(origin)
+    pattern = re.compile(r"^\.%s%s[a-z0-9_]{8}$" % (re.escape(base), re.escape(kind)))
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if pattern.match(name):
+            if log:
+                log("removing %s, left by an interrupted restore" % os.path.join(parent, name))
+            _remove_tree(os.path.join(parent, name))
 
 
 def _remove_tree(path: str) -> None:
