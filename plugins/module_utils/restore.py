@@ -9,7 +9,8 @@ The same code runs inside `sar.backup.sar_backup_restore` and behind
 1. find the archive: a file on the host, or a job's target (downloaded into staging);
 2. verify it completely (every layer, every member's SHA-256, safety);
 3. check what the restore needs (database reachable, PostgreSQL clients, room);
-4. take the maintenance lock (no backup or archiving meanwhile);
+4. all of it under the maintenance lock (no backup or archiving meanwhile), taken
+   first - only a check-mode or verify-only look at a file on the host goes without;
 5. extract, in one pass, each file tree next to where it goes (same file system)
    and each database dump into staging;
 6. swap the trees in (the current ones are kept aside), then restore every dump in
@@ -227,11 +228,19 @@ class Restore:
 
     # -- 5./6. extract and swap -------------------------------------------------
     def execute(self) -> dict:
+        lock = None
+        if not (self.path and (self.check_mode or self.verify_only)):
+            # Staging (downloads, dumps) and the appliance's data belong to the lock's holder: a run
+            # cleaning staging must never see our download as a killed run's leftover.
+            lock = MaintenanceLock(self.settings["lock_path"])
+            lock.acquire(wait=self.wait)
         try:
             return self._execute()
         finally:
             if self.workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+            if lock is not None:
+                lock.release()
 
     def _execute(self) -> dict:
         path, where = self.locate()
@@ -254,12 +263,7 @@ class Restore:
         if self.check_mode:
             result["changed"] = bool(plan)
             return result
-        lock = MaintenanceLock(self.settings["lock_path"])
-        lock.acquire(wait=self.wait)
-        try:
-            self.apply(path, plan, scanned)
-        finally:
-            lock.release()
+        self.apply(path, plan, scanned)
         result["changed"] = bool(plan)
         return result
 
