@@ -277,6 +277,24 @@ def test_restore_playbook(pbx):
     after = pbx.snapshot()
     assert after["trees"] == before["trees"] | {p: changed["trees"][p] for p in pbx.paths("cdr_voicemail")}
     assert after["db"]["users"] == before["db"]["users"] and after["db"]["cdr"] == changed["db"]["cdr"]
+    # From a file on the controller (a fetch_to download, say): copied over, restored, removed.
+    controller_copy = pbx.tmp / "downloads" / "copy.sar"
+    controller_copy.parent.mkdir()
+    folder = os.path.join(pbx.settings["archive_dir"], "starface-backup", "nightly")
+    shutil.copy(os.path.join(folder, sorted(os.listdir(folder))[-1]), str(controller_copy))
+    pbx.change()
+    assert pbx.snapshot() != after
+    upload_vars = {k: v for k, v in extravars.items() if k != "job"}
+    upload_vars["archive_file"] = str(controller_copy)
+    uploaded = run_playbook(None, str(pbx.tmp), extravars=upload_vars, playbook_path=playbook)
+    assert uploaded.rc == 0, uploaded.stdout[-3000:]
+    restored = uploaded.results()["Verify and restore the archive"]
+    assert restored["categories"] == ["core", "announcements"]
+    temp_dir = uploaded.results()["A private directory on the host for the archive from the controller"]["path"]
+    assert not os.path.exists(temp_dir)
+    final = pbx.snapshot()
+    assert final["trees"] == {**after["trees"], **{p: final["trees"][p] for p in pbx.paths("cdr_voicemail")}}
+    assert final["db"]["users"] == before["db"]["users"]
     # Neither job nor path: the play stops before touching anything.
     bad = run_playbook(None, str(pbx.tmp), extravars=dict(extravars, job=None) | {"path": "/x.sar"},
                        playbook_path=playbook)
