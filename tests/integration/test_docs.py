@@ -56,3 +56,31 @@ def test_role_doc_renders_every_variable_prefixed():
     assert len(options) > 20
     assert all(name.startswith("sar_backup_") for name in options), [n for n in options if not n.startswith("sar_backup_")]
     assert all(spec.get("description") for spec in options.values())
+
+
+def test_action_group_holds_every_module(tmp_path):
+    """module_defaults with group/sar.backup.sar_backup reaches every module: a config_dir given once is used by all
+    (an info call through the group must read the scratch config_dir, not /etc/sar-backup)."""
+    import yaml
+    with open(os.path.join(ROOT, "meta", "runtime.yml"), encoding="utf-8") as handle:
+        runtime = yaml.safe_load(handle)
+    assert sorted(runtime["action_groups"]["sar_backup"]) == MODULES
+    from harness.playbook import run_playbook
+    config = tmp_path / "etc"
+    play = [{"hosts": "localhost", "gather_facts": False,
+             "module_defaults": {"group/sar.backup.sar_backup": {"config_dir": str(config)}},
+             "tasks": [
+                 {"name": "Settings through the group", "sar.backup.sar_backup_settings": {"staging_dir": str(tmp_path / "st")}},
+                 {"name": "Job through the group",
+                  "sar.backup.sar_backup_job": {"name": "grouped", "targets": [{"type": "local", "path": str(tmp_path)}]}},
+                 {"name": "Info through the group", "sar.backup.sar_backup_info": {}, "register": "info"},
+                 {"name": "Restore through the group",
+                  "sar.backup.sar_backup_restore": {"path": str(tmp_path / "none.sar"), "verify_only": True},
+                  "register": "restore", "ignore_errors": True},
+             ]}]
+    result = run_playbook(play, str(tmp_path))
+    assert result.rc == 0, result.stdout + result.stderr
+    assert (config / "settings.json").exists()
+    res = result.results()
+    assert [j["name"] for j in res["Info through the group"]["jobs"]] == ["grouped"]
+    assert res["Restore through the group"]["failed"] and "none.sar" in res["Restore through the group"]["msg"]
