@@ -87,38 +87,64 @@ def _epoch(iso_time):
     return datetime.datetime.fromisoformat(iso_time).timestamp()
 
 
+# Nominal seconds between runs, for freshness rules (a month as 31 days); manual jobs have none.
+INTERVAL_SECONDS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 31 * 86400, "manual": 0}
+
+
+def _metric(out: list, name: str, kind: str, help_text: str, rows: list) -> None:
+    out += ["# HELP %s %s" % (name, help_text), "# TYPE %s %s" % (name, kind)] + rows
+
+
+def _labels(**labels) -> str:
+    return ",".join('%s="%s"' % (k, _prom_label(v)) for k, v in labels.items())
+
+
 def prometheus_text(statuses: dict) -> str:
-    """Prometheus textfile-collector metrics for every job that ran."""
-    out = [
-        "# HELP sar_backup_last_success_timestamp_seconds End of the last successful run of the job.",
-        "# TYPE sar_backup_last_success_timestamp_seconds gauge",
-    ]
-    rows = {"success": [], "result": [], "bytes": [], "duration": [], "last": []}
+    """Prometheus textfile-collector metrics for every job that ran (docs/role.md, Monitoring).
+
+    The job label is `backup_job` (a `job` label would clash with the scrape job and become
+    `exported_job`). Result codes never churn labels: each target has a constant set of series,
+    `sar_backup_target_result{...,code=C}` for every code C of the vocabulary, 1 for the current
+    one (an OpenMetrics stateset), plus `sar_backup_target_success` 0/1."""
+    from .errors import CODES  # local: report stays importable on its own
+    rows: dict = {key: [] for key in ("success", "last", "ok", "bytes", "duration", "interval", "tsuccess", "tresult")}
     for name in sorted(statuses):
         status = statuses[name]
         if not status:
             continue
-        job = _prom_label(name)
+        job = _labels(backup_job=name)
         success = _epoch(status.get("last_success"))
-        rows["success"].append('sar_backup_last_success_timestamp_seconds{job="%s"} %s' % (job, int(success) if success else 0))
-        rows["last"].append('sar_backup_last_run_timestamp_seconds{job="%s"} %d' % (job, int(_epoch(status.get("finished")) or 0)))
-        rows["duration"].append('sar_backup_duration_seconds{job="%s"} %s' % (job, status.get("duration") or 0))
+        rows["success"].append("sar_backup_last_success_timestamp_seconds{%s} %d" % (job, int(success) if success else 0))
+        rows["last"].append("sar_backup_last_run_timestamp_seconds{%s} %d" % (job, int(_epoch(status.get("finished")) or 0)))
+        rows["ok"].append("sar_backup_last_run_success{%s} %d" % (job, 1 if status.get("code") == "successful" else 0))
+        rows["duration"].append("sar_backup_duration_seconds{%s} %s" % (job, status.get("duration") or 0))
         size = (status.get("archive") or {}).get("size") or 0
-        rows["bytes"].append('sar_backup_archive_bytes{job="%s"} %d' % (job, size))
+        rows["bytes"].append("sar_backup_archive_bytes{%s} %d" % (job, size))
+        if status.get("interval") in INTERVAL_SECONDS:
+            rows["interval"].append("sar_backup_schedule_interval_seconds{%s} %d" % (job, INTERVAL_SECONDS[status["interval"]]))
         for target in status.get("targets", []):
-            rows["result"].append(
-                'sar_backup_last_run_result{job="%s",target="%s",type="%s",location="%s",code="%s"} %d'
-                % (job, target.get("index", 0), _prom_label(target.get("type", "")), _prom_label(target.get("location") or ""),
-                   _prom_label(target.get("code", "")), 1 if target.get("code") == "successful" else 0))
-    out += rows["success"]
-    out += ["# HELP sar_backup_last_run_result 1 when the target succeeded in the job's last run, else 0 (code says why).",
-            "# TYPE sar_backup_last_run_result gauge"] + rows["result"]
-    out += ["# HELP sar_backup_archive_bytes Size of the last run's archive.",
-            "# TYPE sar_backup_archive_bytes gauge"] + rows["bytes"]
-    out += ["# HELP sar_backup_duration_seconds Duration of the job's last run.",
-            "# TYPE sar_backup_duration_seconds gauge"] + rows["duration"]
-    out += ["# HELP sar_backup_last_run_timestamp_seconds End of the job's last run, whatever its result.",
-            "# TYPE sar_backup_last_run_timestamp_seconds gauge"] + rows["last"]
+            where = _labels(backup_job=name, target=target.get("index", 0), type=target.get("type", ""),
+                            location=target.get("location") or "")
+            code = target.get("code", "")
+            rows["tsuccess"].append("sar_backup_target_success{%s} %d" % (where, 1 if code == "successful" else 0))
+            for each in CODES:
+                rows["tresult"].append('sar_backup_target_result{%s,code="%s"} %d' % (where, each, 1 if code == each else 0))
+    out: list = []
+    _metric(out, "sar_backup_last_success_timestamp_seconds", "gauge",
+            "End of the job's last successful run (0: never).", rows["success"])
+    _metric(out, "sar_backup_last_run_timestamp_seconds", "gauge", "End of the job's last run, whatever its result.",
+            rows["last"])
+    _metric(out, "sar_backup_last_run_success", "gauge", "1 when the job's last run succeeded on every target, else 0.",
+            rows["ok"])
+    _metric(out, "sar_backup_archive_bytes", "gauge", "Size of the last run's archive.", rows["bytes"])
+    _metric(out, "sar_backup_duration_seconds", "gauge", "Duration of the job's last run.", rows["duration"])
+    _metric(out, "sar_backup_schedule_interval_seconds", "gauge",
+            "Nominal seconds between the job's scheduled runs (0: manual, no schedule).", rows["interval"])
+    _metric(out, "sar_backup_target_success", "gauge", "1 when the target succeeded in the job's last run, else 0.",
+            rows["tsuccess"])
+    _metric(out, "sar_backup_target_result", "gauge",
+            "The target's result code in the job's last run: 1 for that code, 0 for every other code (constant set).",
+            rows["tresult"])
     return "\n".join(out) + "\n"
 
 
@@ -139,20 +165,27 @@ def write_metrics(settings: dict, jobs: list, metrics_path: str) -> None:
 NAGIOS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 
 
-def nagios_status(statuses: dict, warn: int, crit: int, now: float) -> tuple:
-    """(exit code, text) per SPEC section 9: 0 OK, 1 WARNING (last success older
-    than warn, or no run yet), 2 CRITICAL (last run failed, or last success older
-    than crit), 3 UNKNOWN."""
+def nagios_status(statuses: dict, warn: int, crit: int, now: float, intervals: dict | None = None) -> tuple:
+    """(exit code, text) per SPEC section 9: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    A failed last run is CRITICAL. Freshness applies to scheduled jobs only: one with no run yet
+    is WARNING, a last success older than `warn` WARNING, older than `crit` CRITICAL. A `manual`
+    job (`intervals[name]`, else the status file's `interval`) is judged by its last run alone."""
     worst = 0
     parts = []
     perf = []
     if not statuses:
         return 3, "UNKNOWN - no backup jobs configured"
+    intervals = intervals or {}
     for name in sorted(statuses):
         status = statuses[name]
+        interval = intervals.get(name) or (status or {}).get("interval")
+        manual = interval == "manual"
         if status is None:
-            worst = max(worst, 1)
-            parts.append("%s: no run yet" % name)
+            if not manual:
+                worst = max(worst, 1)
+            parts.append("%s: %s" % (name, "manual, never run" if manual else "no run yet"))
+            perf.append("'%s_age'=U;%d;%d;0" % (name, warn, crit))
             continue
         success = _epoch(status.get("last_success"))
         age = None if success is None else max(0, int(now - success))
@@ -161,20 +194,44 @@ def nagios_status(statuses: dict, warn: int, crit: int, now: float) -> tuple:
         else:
             state, why = 0, "last run successful"
         if age is None:
-            state = max(state, 1)
+            if not manual:
+                state = max(state, 1)
             why += ", never succeeded"
         else:
-            if age > crit:
-                state = 2
-            elif age > warn:
-                state = max(state, 1)
+            if not manual:
+                if age > crit:
+                    state = 2
+                elif age > warn:
+                    state = max(state, 1)
             why += ", last success %s ago" % _human(age)
+        if manual:
+            why = "manual, " + why
         worst = max(worst, state)
         parts.append("%s: %s" % (name, why))
-        perf.append("'%s_age'=%ss;%d;%d;0" % (name, age if age is not None else "U", warn, crit))
+        perf.append("'%s_age'=%s;%d;%d;0" % (name, ("%ds" % age) if age is not None else "U", warn, crit))
         perf.append("'%s_size'=%dB;;;0" % (name, (status.get("archive") or {}).get("size") or 0))
         perf.append("'%s_duration'=%ss;;;0" % (name, status.get("duration", 0)))
     return worst, "%s - %s | %s" % (NAGIOS[worst], "; ".join(parts), " ".join(perf))
+
+
+def checkmk_local(statuses: dict, warn: int, crit: int, now: float, intervals: dict | None = None) -> str:
+    """A Checkmk `<<<local>>>` section, one service per job (`sar-backup_<job>`), for sites without a
+    STARFACE plugin: state, age/size/duration metrics and the same text as the Nagios check."""
+    lines = ["<<<local>>>"]
+    for name in sorted(statuses):
+        state, text = nagios_status({name: statuses[name]}, warn, crit, now, intervals)
+        summary, _sep, perf = text.partition(" | ")
+        metrics = []
+        for item in perf.split():
+            key, _eq, value = item.partition("=")
+            key = key.strip("'")[len(name) + 1:]
+            fields = value.split(";")
+            number = fields[0].rstrip("sB")
+            if number == "U":
+                continue
+            metrics.append("%s=%s" % (key, ";".join([number] + fields[1:3])))
+        lines.append('%d "sar-backup_%s" %s %s' % (state, name, "|".join(metrics) or "-", summary.split(" - ", 1)[-1]))
+    return "\n".join(lines) + "\n"
 
 
 def _human(seconds: int) -> str:

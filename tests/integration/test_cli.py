@@ -185,9 +185,13 @@ def test_status_exit_codes_checkmk_and_metrics(host, capsys):
                     lines[1]), lines
 
     metrics = open(os.path.join(host["settings"]["status_dir"], "sar_backup.prom")).read()
-    assert re.search(r'^sar_backup_last_run_result\{job="nightly",target="0",type="local",.*code="successful"\} 1$',
+    assert re.search(r'^sar_backup_target_result\{backup_job="nightly",target="0",type="local",.*code="successful"\} 1$',
                      metrics, re.M)
-    assert re.search(r'^sar_backup_archive_bytes\{job="nightly"\} [1-9]\d*$', metrics, re.M)
+    assert re.search(r'^sar_backup_archive_bytes\{backup_job="nightly"\} [1-9]\d*$', metrics, re.M)
+    # Checkmk sites without the STARFACE plugin: a <<<local>>> service per job.
+    assert sar(host, "status", "nightly", "--format", "checkmk-local") == 0
+    assert re.match(r'^<<<local>>>\n0 "sar-backup_nightly" age=\d+;93600;180000\|size=\d+;;\|duration=[\d.]+;; nightly: ',
+                    capsys.readouterr().out)
 
     # A failed run is CRITICAL whatever its age.
     save_job(host["store"], targets=[{"type": "sftp", "server": "127.0.0.1", "port": 1, "username": "u",
@@ -231,8 +235,9 @@ def test_crash_report_records_a_failed_run_once(host, capsys, monkeypatch):
     assert sar(host, "status", "--format", "checkmk") == 0
     assert re.search(r"^\[HDD\]\S+ \d{13} de\.vertico\.backup\.failed$", capsys.readouterr().out, re.M)
     metrics = open(os.path.join(host["settings"]["status_dir"], "sar_backup.prom")).read()
-    assert re.search(r'^sar_backup_last_run_result\{job="nightly",target="0",.*code="failed"\} 0$', metrics, re.M)
-    assert re.search(r'^sar_backup_duration_seconds\{job="nightly"\} 0$', metrics, re.M)  # never "None"
+    assert re.search(r'^sar_backup_target_result\{backup_job="nightly",target="0",.*code="failed"\} 1$', metrics, re.M)
+    assert re.search(r'^sar_backup_target_success\{backup_job="nightly",target="0",.*\} 0$', metrics, re.M)
+    assert re.search(r'^sar_backup_duration_seconds\{backup_job="nightly"\} 0$', metrics, re.M)  # never "None"
     assert len(host["smtp"].messages) == 1
     assert "ended with signal" in host["smtp"].messages[0].raw.decode("utf-8", "replace")
 

@@ -66,13 +66,70 @@ def test_checkmk_section_format():
 
 def test_prometheus_text():
     text = report.prometheus_text({"nightly": status(code="mountfail", last_success=NOW - 7200), "idle": None})
-    assert 'sar_backup_last_success_timestamp_seconds{job="nightly"} %d' % int(NOW - 7200) in text
-    assert 'sar_backup_last_run_result{job="nightly",target="0",type="smb",location="192.0.2.6:/Backup_Starface",code="mountfail"} 0' in text
-    assert 'sar_backup_last_run_result{job="nightly",target="1",type="usb",location="",code="successful"} 1' in text
-    assert 'sar_backup_archive_bytes{job="nightly"} 1234' in text
+    assert 'sar_backup_last_success_timestamp_seconds{backup_job="nightly"} %d' % int(NOW - 7200) in text
+    where = 'backup_job="nightly",target="0",type="smb",location="192.0.2.6:/Backup_Starface"'
+    assert "sar_backup_target_success{%s} 0" % where in text
+    assert 'sar_backup_target_result{%s,code="mountfail"} 1' % where in text
+    assert 'sar_backup_target_result{%s,code="successful"} 0' % where in text
+    assert 'sar_backup_target_success{backup_job="nightly",target="1",type="usb",location=""} 1' in text
+    assert 'sar_backup_last_run_success{backup_job="nightly"} 0' in text
+    assert 'sar_backup_archive_bytes{backup_job="nightly"} 1234' in text
     assert "idle" not in text
+    # Never the scrape-clashing `job` label.
+    assert not re.search(r'[{,]job="', text)
     for line in text.splitlines():
         assert line.startswith("#") or re.match(r'^[a-z_]+\{[^}]*\} [0-9.]+$', line), line
+
+
+def test_prometheus_result_codes_are_a_constant_set():
+    """A code change flips values, never creates or removes series (no label churn)."""
+    def series(code):
+        text = report.prometheus_text({"nightly": status(code=code)})
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("sar_backup_target_result")}
+    assert series("mountfail") == series("successful") == series("diskFull")
+    assert len(series("mountfail")) == 2 * len(report_codes())
+
+
+def report_codes():
+    from ansible_collections.sar.backup.plugins.module_utils.errors import CODES
+    return CODES
+
+
+def test_prometheus_schedule_interval():
+    daily = dict(status(), interval="daily")
+    manual = dict(status(), interval="manual")
+    text = report.prometheus_text({"nightly": daily, "adhoc": manual})
+    assert 'sar_backup_schedule_interval_seconds{backup_job="nightly"} 86400' in text
+    assert 'sar_backup_schedule_interval_seconds{backup_job="adhoc"} 0' in text
+
+
+def test_nagios_manual_jobs_have_no_freshness():
+    old = status(finished=NOW - 90 * 86400, last_success=NOW - 90 * 86400)
+    assert report.nagios_status({"adhoc": old}, 26 * 3600, 50 * 3600, NOW, {"adhoc": "manual"})[0] == 0
+    assert report.nagios_status({"adhoc": None}, 26 * 3600, 50 * 3600, NOW, {"adhoc": "manual"})[0] == 0
+    failed = status(code="mountfail", last_success=None)
+    assert report.nagios_status({"adhoc": failed}, 26 * 3600, 50 * 3600, NOW, {"adhoc": "manual"})[0] == 2
+    # The status file's own interval counts when the job file says nothing.
+    assert report.nagios_status({"adhoc": dict(old, interval="manual")}, 26 * 3600, 50 * 3600, NOW)[0] == 0
+    assert report.nagios_status({"nightly": dict(old, interval="daily")}, 26 * 3600, 50 * 3600, NOW)[0] == 2
+
+
+def test_nagios_perfdata_unknown_is_a_bare_u():
+    _code, text = report.nagios_status({"nightly": status(last_success=None), "never": None}, 100, 200, NOW)
+    perf = text.split(" | ")[1]
+    assert "'nightly_age'=U;100;200;0" in perf and "'never_age'=U;100;200;0" in perf
+    assert "Us" not in perf
+
+
+def test_checkmk_local_section():
+    text = report.checkmk_local({"nightly": status(), "broken": dict(status(code="mountfail"), job="broken"),
+                                 "adhoc": None}, 26 * 3600, 50 * 3600, NOW, {"adhoc": "manual"})
+    lines = text.splitlines()
+    assert lines[0] == "<<<local>>>"
+    by_name = {line.split('"')[1]: line for line in lines[1:]}
+    assert by_name["sar-backup_nightly"].startswith('0 "sar-backup_nightly" age=3600;93600;180000|size=1234;;|duration=12.5;; ')
+    assert by_name["sar-backup_broken"].startswith("2 ")
+    assert by_name["sar-backup_adhoc"] == '0 "sar-backup_adhoc" - adhoc: manual, never run'
 
 
 def test_report_mail_policy_and_text():
