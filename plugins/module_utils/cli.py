@@ -31,8 +31,7 @@ import sys
 import time
 
 from . import errors, info, report
-from .archive import verify as verify_archive
-from .errors import SarError, ValidationError
+from .errors import ArchiveError, SarError, TrustError, ValidationError
 from .fsutil import parse_duration, short_hostname
 from .restore import Restore, parse_identities
 from .runner import VERSION, run_job
@@ -127,7 +126,7 @@ def cmd_list(store: Store, args) -> int:
     rows = info.jobs_info(store, args.job)
     found, unreachable = info.archives_info(store, args.job, log=None) if args.archives else ([], [])
     if args.format == "json":
-        data = {"jobs": rows}
+        data = dict(info.host_key_info(store), jobs=rows)
         if args.archives:
             data.update(archives=found, unreachable_targets=unreachable)
         out(json.dumps(data, indent=2))  # the shape sar_backup_info returns
@@ -151,17 +150,42 @@ def cmd_list(store: Store, args) -> int:
     return EXIT_FAILED if unreachable else EXIT_OK
 
 
+def _trusted_keys(args) -> list:
+    """--trusted-key KEY (repeatable) and --trusted-keys-file FILE (one key a line, # comments)."""
+    keys = list(args.trusted_key or [])
+    if args.trusted_keys_file:
+        try:
+            with open(args.trusted_keys_file, "r", encoding="utf-8") as handle:
+                text = handle.read(1024 * 1024)
+        except OSError as exc:
+            raise ValidationError("--trusted-keys-file", "cannot read %s: %s" % (args.trusted_keys_file, exc.strerror or exc))
+        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return keys
+
+
 def cmd_verify(store: Store, args) -> int:
-    del store
+    """The checks a restore makes before it changes anything (same code: Restore with verify_only)."""
     try:
-        info = verify_archive(args.file, passphrase=_read_secret_file(args.passphrase_file),
-                              identities=_identities(args.identity))
-    except SarError as exc:
+        result = Restore(store, path=args.file, passphrase=_read_secret_file(args.passphrase_file),
+                         identities=_identities(args.identity), verify_only=True, trust=args.trust,
+                         trusted_keys=_trusted_keys(args)).execute()
+    except TrustError as exc:
+        out("UNTRUSTED %s: %s" % (args.file, exc))
+        return EXIT_FAILED
+    except ArchiveError as exc:
         out("CORRUPT %s: %s" % (args.file, exc))
         return EXIT_FAILED
-    manifest = info["manifest"]
-    out("OK %s: %d members verified, job %s from %s at %s, sha256 %s" % (
-        args.file, len(info["members"]), manifest.get("job"), manifest.get("host"), manifest.get("created"), info["sha256"]))
+    except ValidationError:
+        raise
+    except SarError as exc:
+        out("REFUSED %s: %s" % (args.file, exc))
+        return EXIT_FAILED
+    info = result["archive"]
+    sig = info.get("signature") or {}
+    out("OK %s: %d members verified, job %s from %s at %s, sha256 %s, %s" % (
+        args.file, result["members"], info.get("job"), info.get("host"), info.get("created"), info["sha256"],
+        ("signed by %s (%s)" % (sig.get("fingerprint"), sig.get("trusted_by"))) if sig.get("signed")
+        else "not signed (trust: any)"))
     return EXIT_OK
 
 
@@ -182,20 +206,35 @@ def cmd_restore(store: Store, args) -> int:
     result = Restore(store, path=args.file, job=args.job, target=args.target, archive_name=args.archive,
                      data=args.data, passphrase=_read_secret_file(args.passphrase_file),
                      identities=_identities(args.identity), verify_only=args.verify_only, check_mode=args.dry_run,
-                     wait=parse_duration(args.wait, "--wait"), log=console).execute()
+                     wait=parse_duration(args.wait, "--wait"), log=console, trust=args.trust,
+                     trusted_keys=_trusted_keys(args), scratch_dir=args.scratch_dir).execute()
     info = result["archive"]
     out("OK %s: verified (%d bytes, sha256 %s), job %s from %s at %s" % (
         info["name"], info["size"], info["sha256"], info["job"], info["host"], info["created"]))
     verb = "would restore" if args.dry_run else "restored"
     for entry in result["restored"]:
         out("  %s %s: %s %s (%s bytes)" % (verb, entry["category"], entry["kind"], entry["origin"], entry["size"]))
+    if result.get("scratch_dir"):
+        out("  into the scratch directory %s: the appliance's data was not touched" % result["scratch_dir"])
     return EXIT_OK
+
+
+def _intervals(store: Store, names: list) -> dict:
+    """The jobs' current intervals (a job file that cannot be read: the status file's, if any)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = store.load_job(name)["interval"]
+        except SarError:
+            pass
+    return out
 
 
 def cmd_status(store: Store, args) -> int:
     try:
         settings = store.settings()
-        names = [args.job] if args.job else store.job_names()
+        names = list(args.jobs or []) + ([args.job] if args.job else [])
+        names = names or store.job_names()
         statuses = report.all_statuses(settings, names)
     except SarError as exc:
         out("UNKNOWN - %s" % exc)
@@ -203,8 +242,12 @@ def cmd_status(store: Store, args) -> int:
     if args.format == "checkmk":
         sys.stdout.write(report.checkmk_section(statuses))
         return EXIT_OK
-    code, text = report.nagios_status(statuses, parse_duration(args.warn, "--warn"),
-                                      parse_duration(args.crit, "--crit"), time.time())
+    warn, crit = parse_duration(args.warn, "--warn"), parse_duration(args.crit, "--crit")
+    intervals = _intervals(store, names)
+    if args.format == "checkmk-local":
+        sys.stdout.write(report.checkmk_local(statuses, warn, crit, time.time(), intervals))
+        return EXIT_OK
+    code, text = report.nagios_status(statuses, warn, crit, time.time(), intervals)
     if args.format == "json":
         out(json.dumps({"exit": code, "summary": text, "jobs": statuses}, indent=2))
     else:
@@ -252,7 +295,7 @@ def cmd_crash_report(store: Store, args) -> int:
         except Exception:  # pylint: disable=broad-except  # a report must not fail on a broken target
             pass
         targets.append(entry)
-    result = {"job": job["name"], "host": host, "code": errors.FAILED, "success": False, "error": msg,
+    result = {"job": job["name"], "interval": job["interval"], "host": host, "code": errors.FAILED, "success": False, "error": msg,
               "started": when, "started_epoch_ms": int(now.timestamp() * 1000), "finished": when, "duration": None,
               "archive": None, "targets": targets, "crash": True}
     report.write_status(settings, result)
@@ -266,6 +309,15 @@ def cmd_crash_report(store: Store, args) -> int:
 def _exit_codes():
     doc = __doc__ or ""  # None under python -OO
     return doc[doc.index("Exit codes:"):] if "Exit codes:" in doc else None
+
+
+def _trust_args(p) -> None:
+    p.add_argument("--trust", choices=("signed", "any"), default="signed",
+                   help="signed (default): only archives signed by this host's key or a --trusted-key; "
+                        "any: also unsigned archives and other keys")
+    p.add_argument("--trusted-key", action="append", metavar="KEY",
+                   help="another host's public key 'ed25519:...' (its signing.pub; repeatable)")
+    p.add_argument("--trusted-keys-file", metavar="FILE", help="file of trusted public keys, one a line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--passphrase-file", help="file holding the passphrase of an encrypted archive")
     p.add_argument("--identity", help="age identity file for an archive encrypted to recipients")
+    _trust_args(p)
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("restore", help="verify an archive, then restore its categories onto this appliance")
     p.add_argument("file", nargs="?", help="a .sar file on this host (or use --job)")
@@ -302,12 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", default="0", help="how long to wait for the maintenance lock (e.g. 10m)")
     p.add_argument("--passphrase-file", help="file holding the passphrase of an encrypted archive")
     p.add_argument("--identity", help="age identity file for an archive encrypted to recipients")
+    p.add_argument("--scratch-dir", help="restore into this new or empty directory instead of the appliance's places "
+                                         "(trees as files/<category>/<i>, dumps as db/<category>.pgdump files)")
+    _trust_args(p)
     p.set_defaults(func=cmd_restore)
     p = sub.add_parser("status", help="monitoring: Nagios exit codes, JSON or the checkmk section")
-    p.add_argument("--job")
+    p.add_argument("jobs", nargs="*", metavar="JOB", help="only these jobs (default: every saved job)")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # the older spelling of one JOB
     p.add_argument("--warn", default="26h")
     p.add_argument("--crit", default="50h")
-    p.add_argument("--format", choices=("text", "json", "checkmk"), default="text")
+    p.add_argument("--format", choices=("text", "json", "checkmk", "checkmk-local"), default="text",
+                   help="text: Nagios plugin output; checkmk: the <<<starface_backups>>> section; "
+                        "checkmk-local: a <<<local>>> section, one service per job")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("metrics", help="rewrite the Prometheus textfile from the status files")
     p.set_defaults(func=cmd_metrics)

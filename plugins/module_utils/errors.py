@@ -97,3 +97,7 @@ class MissingLibrary(SarError):
         )
         self.library = library
         self.needed_for = needed_for
+
+
+class TrustError(ArchiveError):
+    """An intact archive that nothing proves this host may trust (unsigned, or signed by an unknown key)."""

@@ -11,7 +11,7 @@ import datetime
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from . import errors, report, schedule, targets
+from . import errors, report, schedule, signing, targets
 from .errors import MissingLibrary, SarError, ValidationError
 from .fsutil import short_hostname
 from .job import mask, validate_job, validate_name
@@ -60,6 +60,13 @@ def schedule_info(job: dict) -> dict:
         "on_calendar": schedule.on_calendar(job),
         "next_runs": [schedule.iso(t) for t in schedule.next_runs(job, 3)],
     }
+
+
+def host_key_info(store) -> dict:
+    """The host's archive signing key (public half) and its fingerprint; nulls before the first backup."""
+    key = signing.host_public_key(store.config_dir)
+    return {"public_key": key,
+            "public_key_fingerprint": signing.fingerprint(signing.parse_public_key(key)) if key else None}
 
 
 def jobs_info(store, names=None) -> list:

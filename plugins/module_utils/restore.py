@@ -32,7 +32,7 @@ import shutil
 import stat
 import tempfile
 
-from . import archive, errors, sources
+from . import archive, errors, signing, sources
 from .errors import SarError, ValidationError
 from .fsutil import short_hostname
 from .job import CATEGORIES
@@ -70,13 +70,34 @@ def validate_data(data) -> list | None:
     return out
 
 
-def _safe_origin(origin: str, member: str) -> str:
-    """Where a tree goes back to: the absolute path the manifest recorded, refused when odd."""
-    if not isinstance(origin, str) or not origin.startswith("/") or os.path.normpath(origin) != origin \
-            or origin == "/" or "\0" in origin:
-        raise SarError("the manifest gives %r as the place of %s: not a normal absolute path, refusing to restore"
-                       % (origin, member), errors.VERIFY_FAILED)
-    return origin
+def _tree_index(member: str, category: str):
+    """The profile path index of tree member files/<category>/<index>, or None."""
+    match = re.match(r"^files/%s/(0|[1-9][0-9]{0,5})$" % re.escape(category), member or "")
+    return int(match.group(1)) if match else None
+
+
+def validate_scratch_dir(path, profile: dict) -> str | None:
+    """A scratch directory to restore into instead of the profile's places: absolute, empty or absent,
+    and apart from every profile path (neither inside one nor holding one)."""
+    if path is None or path == "":
+        return None
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise ValidationError("scratch_dir", "must be an absolute path, got %r" % (path,))
+    path = os.path.normpath(path)
+    if path == "/":
+        raise ValidationError("scratch_dir", "must not be /")
+    for cat, spec in sorted((profile.get("categories") or {}).items()):
+        for i, place in enumerate((spec or {}).get("paths") or []):
+            place = os.path.normpath(place)
+            if path == place or path.startswith(place.rstrip("/") + "/") or place.startswith(path + "/"):
+                raise ValidationError("scratch_dir", "%s overlaps the profile's path %s (categories.%s.paths[%d]): "
+                                      "give a directory apart from the appliance's data" % (path, place, cat, i))
+    if os.path.lexists(path):
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise ValidationError("scratch_dir", "%s exists and is not a directory" % path)
+        if os.listdir(path):
+            raise ValidationError("scratch_dir", "%s is not empty: give a new or empty directory" % path)
+    return path
 
 
 def _downloaded(target, name: str, size: int, workdir: str, log=None) -> str:
@@ -111,7 +132,8 @@ class Restore:
 
     def __init__(self, store, *, path: str | None = None, job: str | None = None, target: int = 0,
                  archive_name: str = "latest", data=None, passphrase: str | None = None, identities=None,
-                 verify_only: bool = False, check_mode: bool = False, wait: float = 0, log=None):
+                 verify_only: bool = False, check_mode: bool = False, wait: float = 0, log=None,
+                 trusted_keys=None, trust: str = "signed", scratch_dir: str | None = None):
         if bool(path) == bool(job):
             raise ValidationError("path", "give either path (a .sar on the host) or job (and target, archive)")
         if archive_name != "latest" and not _ARCHIVE_NAME.match(archive_name or ""):
@@ -133,6 +155,10 @@ class Restore:
         self.wait = wait
         self.log_func = log
         self.workdir = None
+        self.trust = signing.validate_trust(trust)
+        signing.parse_trusted_keys(trusted_keys)  # refuse a bad key before anything is fetched
+        self.trusted_keys = trusted_keys
+        self.scratch_dir = validate_scratch_dir(scratch_dir, self.settings["profile"])
 
     def log(self, msg: str) -> None:
         if self.log_func:
@@ -188,27 +214,76 @@ class Restore:
 
     # -- 2./3. verify and plan --------------------------------------------------
     def plan(self, manifest: dict) -> list:
+        """Where each archived source of the chosen categories goes: the place the host's profile gives for its
+        category and index (or the scratch directory), never the manifest's `origin`. An archive whose sources
+        do not match the profile is refused, unless restoring into a scratch directory."""
         in_archive = list(manifest.get("categories") or [])
         wanted = self.data or in_archive
         for i, cat in enumerate(wanted):
             if cat not in in_archive:
                 raise ValidationError("data[%d]" % i, "the archive holds %s, not %r"
                                       % (", ".join(in_archive) or "no category", cat))
-        chosen = []
+        profile = self.settings["profile"]
+        categories = profile.get("categories") or {}
+        chosen, mismatches = [], []
         for src in manifest.get("sources") or []:
-            if src.get("category") not in wanted:
+            cat = src["category"]
+            if cat not in wanted:
                 continue
-            entry = {k: src.get(k) for k in ("category", "kind", "origin", "member", "size", "files")}
+            entry = {"category": cat, "kind": src["kind"], "origin": None, "archived_origin": src["origin"],
+                     "member": src["member"], "size": src.get("size"), "files": src.get("files")}
+            spec = categories.get(cat) or {}
             if entry["kind"] == sources.KIND_FILES:
-                _safe_origin(entry["origin"], entry["member"])
-            elif entry["kind"] != sources.KIND_DB:
-                raise SarError("unknown source kind %r in the manifest (member %s)" % (entry["kind"], entry["member"]),
+                index = _tree_index(src["member"], cat)
+                paths = [os.path.normpath(p) for p in spec.get("paths") or []]
+                if index is None:
+                    raise SarError("manifest.json: member %r of a %s tree is not files/%s/<index>" % (src["member"], cat, cat),
+                                   errors.VERIFY_FAILED)
+                if index >= len(paths):
+                    mismatches.append("%s: the archive holds tree %s, the profile has %d path(s) for %s"
+                                      % (cat, src["member"], len(paths), cat))
+                else:
+                    entry["origin"] = paths[index]
+                    if os.path.normpath(src["origin"]) != paths[index]:
+                        mismatches.append("%s: tree %s was archived from %s, the profile puts it at %s"
+                                          % (cat, src["member"], src["origin"], paths[index]))
+                if self.scratch_dir:
+                    entry["origin"] = os.path.join(self.scratch_dir, *src["member"].split("/"))
+            elif entry["kind"] == sources.KIND_DB:
+                tables = list(spec.get("tables") or [])
+                exclude = list(spec.get("exclude_tables") or [])
+                if src["member"] != "db/%s.pgdump" % cat:
+                    raise SarError("manifest.json: member %r of a %s dump is not db/%s.pgdump" % (src["member"], cat, cat),
+                                   errors.VERIFY_FAILED)
+                if not (tables or exclude):
+                    mismatches.append("%s: the archive holds a database dump, the profile has no tables for %s"
+                                      % (cat, cat))
+                entry["origin"] = sources.database_origin(profile, tables, exclude)
+                if self.scratch_dir:
+                    entry["origin"] = os.path.join(self.scratch_dir, *src["member"].split("/"))
+            else:
+                raise SarError("manifest.json: unknown source kind %r (member %s)" % (entry["kind"], entry["member"]),
                                errors.VERIFY_FAILED)
             chosen.append(entry)
+        # What the profile has for a chosen category and the archive lacks would not be restored "as archived".
+        for cat in wanted:
+            spec = categories.get(cat) or {}
+            members = {e["member"] for e in chosen if e["category"] == cat}
+            for index, place in enumerate(spec.get("paths") or []):
+                if "files/%s/%d" % (cat, index) not in members:
+                    mismatches.append("%s: the profile's path %s (paths[%d]) is not in the archive" % (cat, place, index))
+            if (spec.get("tables") or spec.get("exclude_tables")) and "db/%s.pgdump" % cat not in members:
+                mismatches.append("%s: the profile dumps tables of %s, the archive has no dump of them" % (cat, cat))
+        if mismatches and not self.scratch_dir:
+            raise SarError("the archive's sources do not match this host's profile, so there is no safe place to "
+                           "restore them (restore into a scratch directory with scratch_dir / --scratch-dir to look at "
+                           "them): %s" % "; ".join(mismatches), errors.VERIFY_FAILED)
         return chosen
 
     def preflight(self, plan: list) -> None:
         profile = self.settings["profile"]
+        if self.scratch_dir:
+            return  # nothing of the appliance is touched: dumps are written as files, trees into the scratch directory
         if any(e["kind"] == sources.KIND_DB for e in plan):
             for tool in ("pg_restore", "psql"):
                 sources.find_tool(tool, profile)
@@ -246,13 +321,21 @@ class Restore:
         path, where = self.locate()
         self.log("verifying %s" % os.path.basename(path))
         scanned = archive.scan(path, self.passphrase, self.identities)
+        trust = signing.check_trust(scanned.get("signature"), self.store.config_dir, self.trusted_keys, self.trust)
+        if trust["signed"] and trust["trusted"]:
+            self.log("signed by %s (%s)" % (trust["fingerprint"], trust["trusted_by"]))
+        else:
+            self.log("%s, accepted because trust is any" % ("signed by an unknown key %s" % trust["fingerprint"]
+                                                             if trust["signed"] else "not signed"))
         manifest = scanned["manifest"]
         info = {"name": os.path.basename(path), "path": path if not self.workdir or not path.startswith(self.workdir) else None,
                 "size": scanned["size"], "sha256": scanned["sha256"], "created": manifest.get("created"),
                 "job": manifest.get("job"), "host": manifest.get("host"), "categories": manifest.get("categories") or [],
-                "compression": scanned["compression"], "encrypted": scanned["encrypted"], "from": where}
+                "compression": scanned["compression"], "encrypted": scanned["encrypted"], "from": where,
+                "signature": trust}
         plan = self.plan(manifest)
-        result = {"archive": info, "verified": True, "restored": plan,
+        result = {"archive": info, "verified": True, "restored": plan, "scratch_dir": self.scratch_dir,
+                  "members": len(scanned["members"]),
                   "categories": sorted({e["category"] for e in plan}, key=CATEGORIES.index),
                   "changed": False, "check_mode": self.check_mode, "verify_only": self.verify_only}
         if self.verify_only:
@@ -281,7 +364,12 @@ class Restore:
                 raise SarError("staging directory %s has %d bytes free, restoring the database needs about %d"
                                % (self.staging(), free, need * 2), errors.DISK_FULL)
             for e in dumps:
-                routes[e["member"]] = os.path.join(self.staging(), os.path.basename(e["member"]))
+                if self.scratch_dir:
+                    os.makedirs(os.path.dirname(e["origin"]), 0o700, exist_ok=True)
+                    routes[e["member"]] = e["origin"]
+                else:
+                    routes[e["member"]] = os.path.join(self.staging(), os.path.basename(e["member"]))
+        _check_room(trees)
         kept = []
         for e in trees:
             _remove_leftovers(e["origin"], ".sar-restore-", self.log)  # of a restore that was killed
@@ -289,7 +377,7 @@ class Restore:
             for e in trees:
                 origin = e["origin"]
                 parent = os.path.dirname(origin)
-                os.makedirs(parent, 0o755, exist_ok=True)
+                os.makedirs(parent, 0o700 if self.scratch_dir else 0o755, exist_ok=True)
                 fresh[origin] = tempfile.mkdtemp(prefix=".%s.sar-restore-" % os.path.basename(origin), dir=parent)
                 routes[e["member"]] = fresh[origin]
                 if e["member"] + archive.LINKS_SUFFIX in members:
@@ -310,7 +398,7 @@ class Restore:
                 kept.append((origin, aside))
                 os.rename(fresh.pop(origin), origin)
                 self.log("%s: %s restored" % (e["category"], origin))
-            if dumps:
+            if dumps and not self.scratch_dir:
                 sources.restore_dumps([routes[e["member"]] for e in dumps], self.settings["profile"], self.staging(),
                                       log=self.log_func)
         except BaseException:
@@ -325,6 +413,24 @@ class Restore:
             if aside:
                 _remove_tree(aside)
             _remove_leftovers(origin, ".sar-old-", self.log)  # trees a killed restore had set aside
+
+
+def _check_room(trees: list) -> None:
+    """Each tree is extracted next to its place: that file system needs the bytes the manifest declares
+    (the archive reader refuses members beyond what is declared)."""
+    need: dict = {}
+    for e in trees:
+        parent = os.path.dirname(e["origin"])
+        while not os.path.isdir(parent):
+            parent = os.path.dirname(parent)
+        dev = os.stat(parent).st_dev
+        entry = need.setdefault(dev, [parent, 0])
+        entry[1] += int(e.get("size") or 0)
+    for parent, size in need.values():
+        free = shutil.disk_usage(parent).free
+        if free < size:
+            raise SarError("%s has %d bytes free, the archived trees restored there need %d" % (parent, free, size),
+                           errors.DISK_FULL)
 
 
 def _remove_leftovers(origin: str, kind: str, log=None) -> None:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import errors, report, schedule, sources
+from . import errors, report, schedule, signing, sources
 from .archive import ArchiveWriter
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
 from .fsutil import short_hostname
@@ -87,6 +87,7 @@ class Run:
         finished = _now()
         res = {
             "job": self.job["name"],
+            "interval": self.job.get("interval"),
             "host": self.host,
             "started": _iso(self.started),
             "started_epoch_ms": int(self.started.timestamp() * 1000),
@@ -118,6 +119,7 @@ class Run:
         """Status file, metrics and the report mail after every real run; none of
         them may turn a run's result into something else."""
         warnings = res.setdefault("warnings", [])
+        res.setdefault("public_key", signing.host_public_key(self.store.config_dir))
         try:
             res["status_path"] = report.write_status(self.settings, res)
         except OSError as exc:
@@ -215,7 +217,7 @@ class Run:
                 code = errors.DISK_FULL if exc.errno == 28 else errors.SOURCE_FAILED
                 return self.fail(SarError("building the archive failed: %s" % exc, code))
             archive = {"name": name, "size": info["size"], "sha256": info["sha256"],
-                       "created": _iso(self.started), "path": None}
+                       "created": _iso(self.started), "path": None, "signed_by": info["signer"]}
             targets = self.deliver(path, archive)
             failed = [t for t in targets if t["status"] != "ok"]
             local_copy = next((t.get("local_path") for t in targets if t.get("local_path") and t["status"] == "ok"), None)
@@ -259,11 +261,20 @@ class Run:
             "sources": self.source_report(plan),
         }
 
+    def signer(self):
+        """The host's signing key (made on the first run): every archive says which host made it."""
+        try:
+            return signing.load_or_create(self.store.config_dir)
+        except OSError as exc:
+            raise SarError("cannot create the signing key in %s: %s" % (self.store.config_dir, exc.strerror or exc))
+
     def build(self, path: str, plan) -> dict:
         # Built under a partial name, renamed when complete: a killed run never
         # leaves a truncated file under a .sar name, not even in staging.
         building = os.path.join(os.path.dirname(path), partial_name(os.path.basename(path)))
-        writer = ArchiveWriter(building, compression=self.job["compression"], encryption=self.job.get("encryption"))
+        signer = self.signer()
+        writer = ArchiveWriter(building, compression=self.job["compression"], encryption=self.job.get("encryption"),
+                               signer=signer)
         tick = None
         if self.progress:
             total = sum(src.size or 0 for src in plan)
@@ -286,6 +297,7 @@ class Run:
             writer.abort()
             raise
         info["path"] = path
+        info["signer"] = signer.public_key
         return info
 
     def deliver_one(self, index: int, options: dict, path: str, archive: dict) -> dict:

@@ -81,6 +81,17 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+public_key:
+  description:
+    - The host's archive signing key (C(ed25519:<base64>)), or null before its first backup made one. Collect these
+      from a fleet to restore one appliance's archives on another (M(sar.backup.sar_backup_restore) O(sar.backup.sar_backup_restore#module:trusted_keys)).
+  returned: always
+  type: str
+  sample: "ed25519:5b2m8y3+6N0asiiIz2+jyPLqJGqi87MWSzlOGCNKNa4="
+public_key_fingerprint:
+  description: Its fingerprint (C(SHA256:...)), or null.
+  returned: always
+  type: str
 jobs:
   description: The saved jobs (all, or those in O(name)), sorted by name unless O(name) gives an order.
   returned: always
@@ -190,7 +201,7 @@ unreachable_targets:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.sar.backup.plugins.module_utils.errors import SarError, ValidationError
-from ansible_collections.sar.backup.plugins.module_utils.info import archives_info, jobs_info
+from ansible_collections.sar.backup.plugins.module_utils.info import archives_info, host_key_info, jobs_info
 from ansible_collections.sar.backup.plugins.module_utils.job import secret_values
 from ansible_collections.sar.backup.plugins.module_utils.store import Store
 
@@ -219,6 +230,7 @@ def main():
     names = module.params["name"]
     out = {"changed": False}
     try:
+        out.update(host_key_info(store))
         jobs = jobs_info(store, names)
         register_secrets(module, store, [j["name"] for j in jobs])
         out["jobs"] = jobs

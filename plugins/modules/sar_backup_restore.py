@@ -75,7 +75,35 @@ options:
         C(30s)/C(5m)/C(1h). V(0) fails at once with code C(alreadyRunning).
     type: raw
     default: 0
+  trust:
+    description:
+      - Which archives to accept. V(signed) - only archives signed by this host's own key (C(signing.key) in
+        O(config_dir), made on its first backup) or by one of O(trusted_keys). V(any) - also unsigned archives (made
+        before archives were signed) and archives signed by other keys; the archive's contents are checked all the
+        same.
+      - A signature that does not match the archive is refused whatever this says.
+    type: str
+    choices: [signed, any]
+    default: signed
+  trusted_keys:
+    description:
+      - Public keys (C(ed25519:<base64>), the C(public_key) that M(sar.backup.sar_backup_info) returns, or the host's
+        C(signing.pub)) of other hosts whose archives this host may restore - e.g. the old appliance's key when
+        restoring its backup onto a replacement.
+    type: list
+    elements: str
+  scratch_dir:
+    description:
+      - Restore into this new or empty directory instead of the places the host's profile gives - file trees as
+        C(files/<category>/<index>/), database dumps as C(db/<category>.pgdump) files (not restored into the database).
+        Nothing of the appliance is touched. The way to look at an archive whose sources do not match this host's
+        profile (another appliance's layout), which is otherwise refused.
+      - Must not overlap any profile path.
+    type: path
 notes:
+  - Where restored data goes is decided by this host's profile (O(config_dir)'s settings), never by the archive - a
+    tree goes to the profile path of its category and index, a dump into the profile's database and only into the tables
+    its category owns. An archive whose sources do not match the profile is refused (see O(scratch_dir)).
   - The PBX services should be stopped while their data is replaced; this module does not stop or start them (do it in
     the play, as the collection's C(playbooks/restore.yml) does).
   - A file tree is replaced as a whole directory, so a profile path that is itself a mount point is refused.
@@ -102,6 +130,18 @@ EXAMPLES = r"""
     target: 1
     archive: nightly_pbx01_20261201T013000Z.sar
     data: [cdr_voicemail]
+
+- name: Restore the old appliance's newest backup onto its replacement (the old host's signing key)
+  sar.backup.sar_backup_restore:
+    job: nightly
+    trusted_keys:
+      - "ed25519:5b2m8y3+6N0asiiIz2+jyPLqJGqi87MWSzlOGCNKNa4="
+
+- name: Look at an archive of another layout without touching the appliance
+  sar.backup.sar_backup_restore:
+    path: /root/pbx-old_nightly.sar
+    trust: any
+    scratch_dir: /root/restore-look
 
 - name: Check an encrypted archive copied to the host, restore nothing
   sar.backup.sar_backup_restore:
@@ -141,6 +181,25 @@ archive:
       description: Every category the archive holds.
       type: list
       elements: str
+    signature:
+      description: Who signed the archive and why it was accepted.
+      type: dict
+      contains:
+        signed:
+          description: Whether the archive carries a (valid) signature.
+          type: bool
+        trusted:
+          description: Whether the signer's key is this host's or one of O(trusted_keys).
+          type: bool
+        signer:
+          description: The signer's public key (C(ed25519:...)), or null.
+          type: str
+        fingerprint:
+          description: The signer key's fingerprint (C(SHA256:...)), or null.
+          type: str
+        trusted_by:
+          description: C(this host's key), C(trusted_keys) or C(trust: any).
+          type: str
     from:
       description: With O(job), the target it came from (C(job), C(target), C(type), C(location), C(name)); else null.
       type: dict
@@ -167,7 +226,11 @@ restored:
       description: C(postgresql) (a database dump) or C(files) (a file tree).
       type: str
     origin:
-      description: The tree's path on the appliance, or the database (never its password).
+      description: Where it goes - the tree's path on the appliance from the profile (or below O(scratch_dir)), or the
+        profile's database (never its password).
+      type: str
+    archived_origin:
+      description: Where the archive says the source came from (information only, never used as a destination).
       type: str
     member:
       description: Where it is in the archive.
@@ -175,6 +238,10 @@ restored:
     size:
       description: Bytes.
       type: int
+scratch_dir:
+  description: The scratch directory restored into, or null.
+  returned: success
+  type: str
 code:
   description: On failure, the result code (C(verifyFailed) for a damaged archive, C(sourceFailed) when the database
     restore failed, C(alreadyRunning), C(diskFull), ...).
@@ -203,6 +270,9 @@ def main():
         "passphrase": {"type": "str", "no_log": True},
         "identity": {"type": "str", "no_log": True},
         "wait": {"type": "raw", "default": 0},
+        "trust": {"type": "str", "choices": ["signed", "any"], "default": "signed"},
+        "trusted_keys": {"type": "list", "elements": "str", "no_log": False},
+        "scratch_dir": {"type": "path"},
     }
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
                            mutually_exclusive=[("path", "job"), ("passphrase", "identity")],
@@ -216,7 +286,9 @@ def main():
         result = Restore(store, path=params["path"], job=params["job"], target=params["target"],
                          archive_name=params["archive"], data=params["data"], passphrase=params["passphrase"],
                          identities=parse_identities(params["identity"]), verify_only=params["verify_only"],
-                         check_mode=module.check_mode, wait=parse_duration(params["wait"], "wait")).execute()
+                         check_mode=module.check_mode, wait=parse_duration(params["wait"], "wait"),
+                         trust=params["trust"], trusted_keys=params["trusted_keys"],
+                         scratch_dir=params["scratch_dir"]).execute()
     except ValidationError as exc:
         module.fail_json(msg=str(exc), field=exc.field)
     except MissingLibrary as exc:
@@ -226,7 +298,7 @@ def main():
     except OSError as exc:
         module.fail_json(msg="restore failed, nothing was changed: %s" % exc)
     module.exit_json(changed=result["changed"], archive=result["archive"], verified=result["verified"],
-                     categories=result["categories"], restored=result["restored"])
+                     categories=result["categories"], restored=result["restored"], scratch_dir=result["scratch_dir"])
 
 
 if __name__ == "__main__":
