@@ -19,7 +19,7 @@ HEAD = """
 options:
   definition:
     description:
-      - An inline job that runs once and is not saved (seed step 4 "run only"), with the options of
+      - An inline job that runs once and is not saved (web UI step 4 "run only"), with the options of
         M(sar.backup.sar_backup_job) (O(definition.state) does not apply).
       - Mutually exclusive with O(job).
     type: dict

@@ -11,7 +11,7 @@ class ModuleDocFragment:
 options:
   name:
     description:
-      - Name of the backup job (seed step 1), 1 to 64 characters of V(A-Z a-z 0-9 . _ -), starting with a letter or digit.
+      - Name of the backup job (web UI step 1), 1 to 64 characters of V(A-Z a-z 0-9 . _ -), starting with a letter or digit.
       - It names the folder C(starface-backup/<name>/) on every target and the archives C(<name>_<host>_<UTC time>.sar).
     type: str
     required: true
@@ -23,7 +23,7 @@ options:
     default: present
   report_to:
     description:
-      - E-mail addresses that receive the run report (seed step 1 "error report to"). Uses the SMTP relay of
+      - E-mail addresses that receive the run report (web UI step 1 "error report to"). Uses the SMTP relay of
         M(sar.backup.sar_backup_settings).
     type: list
     elements: str
@@ -48,7 +48,7 @@ options:
     type: str
   data:
     description:
-      - What the backup contains (seed step 2). V(core) = users, groups, number assignments, chat history and the
+      - What the backup contains (web UI step 2). V(core) = users, groups, number assignments, chat history and the
         configuration; V(cdr_voicemail) = call detail records and voicemail; V(announcements) = user-made announcement audio.
       - Each category maps to sources through the host's appliance profile (see M(sar.backup.sar_backup_settings)).
     type: list
@@ -57,7 +57,7 @@ options:
     default: [core]
   targets:
     description:
-      - Where the archive goes (seed step 3), one or more; all are written in parallel. Every target writes to
+      - Where the archive goes (web UI step 3), one or more; all are written in parallel. Every target writes to
         C(<base>/starface-backup/<name>/).
       - Options apply to the target types named in their description; giving an option to another type is an error.
       - Required when O(state=present).
@@ -213,14 +213,14 @@ options:
 options:
   definition:
     description:
-      - An inline job that runs once and is not saved (seed step 4 "run only"), with the options of
+      - An inline job that runs once and is not saved (web UI step 4 "run only"), with the options of
         M(sar.backup.sar_backup_job) (O(definition.state) does not apply).
       - Mutually exclusive with O(job).
     type: dict
     suboptions:
       name:
         description:
-          - Name of the backup job (seed step 1), 1 to 64 characters of V(A-Z a-z 0-9 . _ -), starting with a letter or digit.
+          - Name of the backup job (web UI step 1), 1 to 64 characters of V(A-Z a-z 0-9 . _ -), starting with a letter or digit.
           - It names the folder C(starface-backup/<name>/) on every target and the archives C(<name>_<host>_<UTC time>.sar).
         type: str
         required: true
@@ -232,7 +232,7 @@ options:
         default: present
       report_to:
         description:
-          - E-mail addresses that receive the run report (seed step 1 "error report to"). Uses the SMTP relay of
+          - E-mail addresses that receive the run report (web UI step 1 "error report to"). Uses the SMTP relay of
             M(sar.backup.sar_backup_settings).
         type: list
         elements: str
@@ -257,7 +257,7 @@ options:
         type: str
       data:
         description:
-          - What the backup contains (seed step 2). V(core) = users, groups, number assignments, chat history and the
+          - What the backup contains (web UI step 2). V(core) = users, groups, number assignments, chat history and the
             configuration; V(cdr_voicemail) = call detail records and voicemail; V(announcements) = user-made announcement audio.
           - Each category maps to sources through the host's appliance profile (see M(sar.backup.sar_backup_settings)).
         type: list
@@ -266,7 +266,7 @@ options:
         default: [core]
       targets:
         description:
-          - Where the archive goes (seed step 3), one or more; all are written in parallel. Every target writes to
+          - Where the archive goes (web UI step 3), one or more; all are written in parallel. Every target writes to
             C(<base>/starface-backup/<name>/).
           - Options apply to the target types named in their description; giving an option to another type is an error.
           - Required when O(definition.state=present).

@@ -110,7 +110,7 @@ def cmd_run(store: Store, args) -> int:
     job = store.load_job(args.job)
     console = Console()
     result = run_job(job, store, wait=parse_duration(args.wait, "--wait"), scheduled=args.scheduled, log=console,
-                     progress=console.progress)
+                     progress=console.progress, wait_option="--wait")
     code = result["code"]
     archive = result.get("archive") or {}
     if code == errors.NOT_DUE:
@@ -207,7 +207,7 @@ def cmd_restore(store: Store, args) -> int:
                      data=args.data, passphrase=_read_secret_file(args.passphrase_file),
                      identities=_identities(args.identity), verify_only=args.verify_only, check_mode=args.dry_run,
                      wait=parse_duration(args.wait, "--wait"), log=console, trust=args.trust,
-                     trusted_keys=_trusted_keys(args), scratch_dir=args.scratch_dir).execute()
+                     trusted_keys=_trusted_keys(args), scratch_dir=args.scratch_dir, wait_option="--wait").execute()
     info = result["archive"]
     out("OK %s: verified (%d bytes, sha256 %s), job %s from %s at %s" % (
         info["name"], info["size"], info["sha256"], info["job"], info["host"], info["created"]))

@@ -248,10 +248,21 @@ def validate_name(name) -> str:
 
 
 def parse_start(value, field: str = "start") -> datetime.datetime:
+    text = str(value).strip()
     try:
-        return datetime.datetime.strptime(str(value).strip(), START_FORMAT)
+        return datetime.datetime.strptime(text, START_FORMAT)
     except ValueError:
-        raise ValidationError(field, "must be 'YYYY-MM-DD HH:MM' (local time), got %r" % (value,))
+        pass
+    match = re.match(r"^(\d{4})-(\d{1,2})-(\d{1,2}) (\d{1,2}):(\d{1,2})$", text)
+    if match:
+        year, month, day, hour, minute = (int(g) for g in match.groups())
+        try:
+            datetime.date(year, month, day)
+        except ValueError:
+            raise ValidationError(field, "the date %04d-%02d-%02d does not exist (got %r)" % (year, month, day, value))
+        raise ValidationError(field, "the time %02d:%02d does not exist: hours 00-23, minutes 00-59 (got %r)"
+                              % (hour, minute, value))
+    raise ValidationError(field, "must be 'YYYY-MM-DD HH:MM' (local time), got %r" % (value,))
 
 
 def validate_job(raw: dict, require_targets: bool = True) -> dict:
@@ -303,7 +314,7 @@ def validate_job(raw: dict, require_targets: bool = True) -> dict:
     if not isinstance(targets, list):
         raise ValidationError("targets", "must be a list of targets")
     if require_targets and job["state"] == "present" and not targets:
-        raise ValidationError("targets", "needs at least one target (seed step 3)")
+        raise ValidationError("targets", "needs at least one target: where the archive goes")
     job["targets"] = [validate_target(t, i) for i, t in enumerate(targets)]
     return job
 

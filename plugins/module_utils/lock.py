@@ -26,8 +26,10 @@ DEFAULT_LOCK_PATH = "/run/lock/sar-backup.lock"
 class MaintenanceLock:
     """`with MaintenanceLock(path):` or `lock.acquire(wait=60)` ... `lock.release()`."""
 
-    def __init__(self, path: str = DEFAULT_LOCK_PATH):
+    def __init__(self, path: str = DEFAULT_LOCK_PATH, wait_option: str = "wait"):
         self.path = path
+        # How the caller's users give a wait: the modules' `wait`, the command's `--wait`.
+        self.wait_option = wait_option
         self._fd: Optional[int] = None
 
     @property
@@ -118,9 +120,13 @@ class MaintenanceLock:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockBusy(self.busy_message(
-                    "retry later or pass wait" if not wait else
-                    "gave up after waiting %s; retry later or pass a longer wait" % _seconds(wait)), ALREADY_RUNNING)
+                    "retry later or give %s (e.g. %s 10m)" % (self.wait_option, self._example()) if not wait else
+                    "gave up after waiting %s; retry later or give a longer %s" % (_seconds(wait), self.wait_option)),
+                    ALREADY_RUNNING)
             time.sleep(min(poll, remaining))
+
+    def _example(self) -> str:
+        return self.wait_option if self.wait_option.startswith("-") else self.wait_option + ":"
 
     def release(self) -> None:
         if self._fd is None:

@@ -133,7 +133,7 @@ class Restore:
     def __init__(self, store, *, path: str | None = None, job: str | None = None, target: int = 0,
                  archive_name: str = "latest", data=None, passphrase: str | None = None, identities=None,
                  verify_only: bool = False, check_mode: bool = False, wait: float = 0, log=None,
-                 trusted_keys=None, trust: str = "signed", scratch_dir: str | None = None):
+                 trusted_keys=None, trust: str = "signed", scratch_dir: str | None = None, wait_option: str = "wait"):
         if bool(path) == bool(job):
             raise ValidationError("path", "give either path (a .sar on the host) or job (and target, archive)")
         if archive_name != "latest" and not _ARCHIVE_NAME.match(archive_name or ""):
@@ -155,6 +155,7 @@ class Restore:
         self.wait = wait
         self.log_func = log
         self.workdir = None
+        self.wait_option = wait_option
         self.trust = signing.validate_trust(trust)
         signing.parse_trusted_keys(trusted_keys)  # refuse a bad key before anything is fetched
         self.trusted_keys = trusted_keys
@@ -307,7 +308,7 @@ class Restore:
         if not (self.path and (self.check_mode or self.verify_only)):
             # Staging (downloads, dumps) and the appliance's data belong to the lock's holder: a run
             # cleaning staging must never see our download as a killed run's leftover.
-            lock = MaintenanceLock(self.settings["lock_path"])
+            lock = MaintenanceLock(self.settings["lock_path"], wait_option=self.wait_option)
             lock.acquire(wait=self.wait)
         try:
             return self._execute()

@@ -47,7 +47,8 @@ class Run:
     """Holds what one run needs; `execute()` or `dry_run()` returns the result dict."""
 
     def __init__(self, job: dict, store, *, wait: float = 0, scheduled: bool = False,
-                 keep_archive: bool = False, log=None, describe_missing=None, now=None, progress=None):
+                 keep_archive: bool = False, log=None, describe_missing=None, now=None, progress=None,
+                 wait_option: str = "wait"):
         self.job = job
         self.store = store
         self.settings = store.settings()
@@ -62,6 +63,7 @@ class Run:
         self.host = short_hostname()
         self.started = now or _now()
         self.targets = []
+        self.wait_option = wait_option
 
     # -- helpers -----------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -142,7 +144,7 @@ class Run:
             msg = "job %s is not due yet: its first start is %s" % (self.job["name"], self.job["start"])
             self.log(msg)
             return self.result(errors.NOT_DUE, error=msg, targets=[])
-        lock = MaintenanceLock(self.settings["lock_path"])
+        lock = MaintenanceLock(self.settings["lock_path"], wait_option=self.wait_option)
         try:
             if self.scheduled:
                 acquire_scheduled(lock, self.job["defer"], self.job["retries"], on_defer=self.on_defer)
@@ -183,7 +185,20 @@ class Run:
                 else:
                     os.unlink(path)
 
+    def unique_start(self) -> None:
+        """Archive names carry the start to the second: a run starting in the same second as this job's
+        previous one (we hold the lock, so that run has finished) waits for the next second, so its
+        archive never replaces the previous one."""
+        try:
+            previous = ((report.read_status(self.settings, self.job["name"]) or {}).get("archive") or {}).get("name")
+        except SarError:
+            previous = None
+        while previous and archive_name(self.job["name"], self.host, self.started) == previous:
+            time.sleep(1.0 - self.started.microsecond / 1e6 + 0.01)
+            self.started = _now()
+
     def locked_run(self) -> dict:
+        self.unique_start()
         job = self.job
         profile = self.settings["profile"]
         try:

@@ -10,7 +10,7 @@ DOCUMENTATION = r"""
 module: sar_backup_job
 short_description: Declare a backup job on a PBX appliance
 description:
-  - Saves a backup job (the appliance's "backup configuration", seed steps 1 to 3) on the host, as
+  - Saves a backup job (the appliance's "backup configuration", web UI steps 1 to 3) on the host, as
     C(<config_dir>/jobs/<name>.json) (mode 0600, written atomically), or removes it.
   - Idempotent; supports check and diff mode. Secrets are stored only in the job file, never returned; the diff shows
     them as changed or unchanged only.

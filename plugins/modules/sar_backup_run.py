@@ -10,7 +10,7 @@ DOCUMENTATION = r"""
 module: sar_backup_run
 short_description: Run a backup job now
 description:
-  - Runs a saved job (O(job)) or an inline one (O(definition), seed step 4 "run only") on the appliance - takes the
+  - Runs a saved job (O(job)) or an inline one (O(definition), web UI step 4 "run only") on the appliance - takes the
     maintenance lock, dumps the database and archives the file trees into one C(.sar) in the staging directory, writes it
     to every target in parallel, verifies it, applies retention, writes the status file and cleans up.
   - Fails when any target failed; the other targets still receive the archive. A failed run still returns the archive

@@ -326,3 +326,32 @@ def test_run_on_a_terminal_shows_progress_and_plain_lines_otherwise(host):
     assert plain.returncode == 0
     assert "\r" not in plain.stderr and "ETA" not in plain.stderr
     assert "nightly: successful" in plain.stderr
+
+
+def test_local_target_path_must_exist(host, capsys):
+    """A typo or a backup disk that is not mounted must not fill the root file system: the target's path must
+    exist (mountfail naming it), only starface-backup/<job>/ below it is created; the other targets still run."""
+    missing = os.path.join(os.path.dirname(host["settings"]["archive_dir"]), "usb-disk-not-mounted")
+    save_job(host["store"], report_to=[], targets=[{"type": "local"}, {"type": "local", "path": missing}])
+    assert sar(host, "run", "nightly") == 1
+    status = status_of(host)
+    assert [t["code"] for t in status["targets"]] == ["successful", "mountfail"]
+    assert missing in status["targets"][1]["error"] and "not mounted" in status["targets"][1]["error"]
+    assert not os.path.exists(missing)
+    os.makedirs(missing)
+    assert sar(host, "run", "nightly") == 0
+    assert os.listdir(os.path.join(missing, "starface-backup", "nightly"))
+
+
+def test_two_runs_in_one_second_never_replace_an_archive(host):
+    """Archive names carry the start to the second; a second run in the same second waits for the next one."""
+    import datetime
+    from ansible_collections.sar.backup.plugins.module_utils.runner import run_job
+    job = save_job(host["store"], report_to=[], targets=[{"type": "local", "keep": 0}])
+    moment = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=990000)
+    first = run_job(job, host["store"], now=moment)
+    second = run_job(job, host["store"], now=moment)
+    assert first["code"] == second["code"] == "successful"
+    assert first["archive"]["name"] != second["archive"]["name"]
+    folder = os.path.join(host["settings"]["archive_dir"], "starface-backup", "nightly")
+    assert sorted(os.listdir(folder)) == sorted([first["archive"]["name"], second["archive"]["name"]])

@@ -84,3 +84,65 @@ def test_action_group_holds_every_module(tmp_path):
     res = result.results()
     assert [j["name"] for j in res["Info through the group"]["jobs"]] == ["grouped"]
     assert res["Restore through the group"]["failed"] and "none.sar" in res["Restore through the group"]["msg"]
+
+
+def test_galaxy_tarball_holds_the_collection_and_no_development_files(tmp_path):
+    """`ansible-galaxy collection build`: what users install, without benches, CI, tools or dev requirements."""
+    import tarfile
+    proc = subprocess.run([os.path.join(BIN, "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path), ROOT],
+                          env=ansible_env(), capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (tarball,) = glob.glob(str(tmp_path / "sar-backup-*.tar.gz"))
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+    for wanted in ["MANIFEST.json", "FILES.json", "README.md", "meta/runtime.yml", "meta/execution-environment.yml",
+                   "meta/ee-requirements.txt", "meta/ee-bindep.txt", "requirements/runtime.txt",
+                   "roles/sar_backup/tasks/main.yml", "playbooks/site.yml", "docs/restore.md",
+                   "extras/prometheus/sar-backup.rules.yml", "plugins/action/sar_backup_run.py"]:
+        assert wanted in names, wanted
+    for module in MODULES:
+        assert "plugins/modules/%s.py" % module in names
+    unwanted = [n for n in names if n.split("/")[0] in ("bench", ".ci", "tools", ".venv", ".build", ".git")
+                or n in ("Makefile", "requirements/dev.txt", "requirements/test.txt") or n.startswith("docs/dev")
+                or "__pycache__" in n or n.endswith(".tar.gz")]
+    assert unwanted == []
+
+
+def test_execution_environment_dependencies_introspect(tmp_path):
+    """AWX/ansible-builder sees the collection's Python and system dependencies (meta/execution-environment.yml)."""
+    builder = os.path.join(BIN, "ansible-builder")  # requirements/dev.txt
+    tree = tmp_path / "ansible_collections" / "sar"
+    tree.mkdir(parents=True)
+    os.symlink(ROOT, str(tree / "backup"))
+    proc = subprocess.run([builder, "introspect", "--sanitize", str(tmp_path)], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import yaml
+    data = yaml.safe_load(proc.stdout.split("\n", 1)[1])
+    python = [line.split("#")[0].strip() for line in data["python"]]
+    for lib in ("paramiko", "smbprotocol", "dropbox", "pyudev", "zstandard", "cryptography"):
+        assert any(p.startswith(lib + ">=") for p in python), (lib, python)
+    assert all("==" not in p for p in python)  # ranges, not pins: one EE holds several collections
+    assert any(line.startswith("postgresql-client [platform:dpkg]") for line in data["system"])
+
+
+def test_changelog_fragments_follow_antsibull_conventions():
+    """antsibull-changelog lint passes; a release summary; new modules are not repeated as changes (antsibull lists
+    them from version_added); no bugfix entries while nothing is released (they would fix unreleased features)."""
+    proc = subprocess.run([os.path.join(BIN, "antsibull-changelog"), "lint"], cwd=ROOT, capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+    import yaml
+    fragments = {}
+    for path in glob.glob(os.path.join(ROOT, "changelogs", "fragments", "*.y*ml")):
+        with open(path, encoding="utf-8") as handle:
+            fragments[os.path.basename(path)] = yaml.safe_load(handle) or {}
+    with open(os.path.join(ROOT, "changelogs", "changelog.yaml"), encoding="utf-8") as handle:
+        released = (yaml.safe_load(handle) or {}).get("releases") or {}
+    assert any("release_summary" in f for f in fragments.values())
+    for name, fragment in fragments.items():
+        for section, entries in fragment.items():
+            for entry in entries if isinstance(entries, list) else [entries]:
+                assert "new module" not in entry.lower(), (name, entry)
+        if not released:
+            assert "bugfixes" not in fragment, name

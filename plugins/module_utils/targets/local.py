@@ -42,7 +42,10 @@ def copy_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str =
         if copied != size:
             raise TargetError("%s: the archive %s changed while it was copied (%d bytes read, %d expected)"
                               % (where, name, copied, size), errors.FAILED)
-        os.replace(partial, os.path.join(dest_dir, name))
+        final = os.path.join(dest_dir, name)
+        if os.path.lexists(final):  # never replace an archive (we hold the maintenance lock: no race)
+            raise TargetError("%s: %s already exists; an archive is never replaced" % (where, name), errors.FAILED)
+        os.replace(partial, final)
         fsync_dir(dest_dir)
     except BaseException as exc:
         try:
@@ -78,7 +81,16 @@ class LocalTarget(Target):
     def location(self) -> str:
         return self.base
 
+    def check_base(self) -> None:
+        """A `path` the job gives must exist: a typo, or a backup disk that is not mounted, must not
+        quietly fill the root file system. Only starface-backup/<job>/ below it is created. The
+        settings' archive_dir (the collection's own directory, the default) is created when missing."""
+        if self.options.get("path") and not os.path.isdir(self.base):
+            raise TargetError("%s does not exist or is not a directory (a disk not mounted, or a typo?); the local "
+                              "target creates only the folders below its path" % self.base, errors.MOUNTFAIL)
+
     def ensure_dir(self) -> None:
+        self.check_base()
         try:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -116,6 +128,7 @@ class LocalTarget(Target):
         return os.path.join(self.folder, name)
 
     def probe_write(self) -> None:
+        self.check_base()
         # The folder may not exist yet: probe the nearest existing ancestor.
         probe_dir = self.folder
         while not os.path.isdir(probe_dir):

@@ -120,3 +120,18 @@ def test_argument_spec_marks_every_secret_no_log():
     for key in jobmod.SECRET_KEYS - {"passphrase"}:
         assert targets[key].get("no_log") is True, key
     assert spec["encryption"]["options"]["passphrase"]["no_log"] is True
+
+
+@pytest.mark.parametrize("start, words", [
+    ("2026-02-30 04:00", "the date 2026-02-30 does not exist"),
+    ("2027-2-29 4:00", "the date 2027-02-29 does not exist"),
+    ("2026-04-31 01:00", "the date 2026-04-31 does not exist"),
+    ("2026-03-01 24:00", "the time 24:00 does not exist"),
+    ("2026-03-01 12:60", "the time 12:60 does not exist"),
+    ("tomorrow", "must be 'YYYY-MM-DD HH:MM'"),
+])
+def test_start_that_does_not_exist_says_so(start, words):
+    with pytest.raises(ValidationError) as info:
+        jobmod.validate_job(make(interval="daily", start=start))
+    assert info.value.field == "start" and words in str(info.value)
+    jobmod.validate_job(make(interval="daily", start="2028-02-29 04:00"))  # a leap day exists

@@ -137,9 +137,13 @@ def test_busy_fails_at_once_with_already_running(lock_path, holder_factory):
     assert err.value.code == ALREADY_RUNNING
     assert lock_path in err.value.msg
     assert "pid %d" % holder.pid in err.value.msg
-    assert "retry later or pass wait" in err.value.msg
+    assert "retry later or give wait (e.g. wait: 10m)" in err.value.msg
     assert lock.holder() == holder.pid
     assert not lock.held
+    # The command's users give --wait.
+    with pytest.raises(LockBusy) as err:
+        lockmod.MaintenanceLock(lock_path, wait_option="--wait").acquire(wait=0)
+    assert "retry later or give --wait (e.g. --wait 10m)" in err.value.msg
 
 
 def test_wait_succeeds_once_holder_releases(lock_path, holder_factory):
