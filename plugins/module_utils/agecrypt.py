@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import os
 
-from .errors import ArchiveError, MissingLibrary
+from .errors import ArchiveError, DecryptKeyError, MissingLibrary
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -377,10 +377,10 @@ class AgeReader:
             if len(stanzas) != 1:
                 raise ArchiveError("malformed age header (a scrypt stanza must be the only one)")
             if not passphrase:
-                raise ArchiveError("the archive is encrypted with a passphrase: give the passphrase")
+                raise DecryptKeyError("the archive is encrypted with a passphrase: give the passphrase")
             return AgeReader._unwrap_scrypt(scrypts[0], passphrase)
         if not identities:
-            raise ArchiveError("the archive is encrypted to age recipients: give an identity (AGE-SECRET-KEY-1...)")
+            raise DecryptKeyError("the archive is encrypted to age recipients: give an identity (AGE-SECRET-KEY-1...)")
         keys = []
         for identity in identities:
             private = X25519PrivateKey.from_private_bytes(_parse_identity(identity))
@@ -404,7 +404,7 @@ class AgeReader:
                     return ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, stanza.body, None)
                 except InvalidTag:
                     continue
-        raise ArchiveError(_WRONG_KEY)
+        raise DecryptKeyError(_WRONG_KEY)
 
     @staticmethod
     def _unwrap_scrypt(stanza: _Stanza, passphrase: str) -> bytes:
@@ -422,7 +422,7 @@ class AgeReader:
         try:
             return ChaCha20Poly1305(_scrypt_key(passphrase, salt, log_n)).decrypt(_ZERO_NONCE, stanza.body, None)
         except InvalidTag:
-            raise ArchiveError(_WRONG_KEY) from None
+            raise DecryptKeyError(_WRONG_KEY) from None
 
     # payload
     def _next_chunk(self) -> bytes:

@@ -31,7 +31,7 @@ import sys
 import time
 
 from . import errors, info, report
-from .errors import ArchiveError, SarError, TrustError, ValidationError
+from .errors import ArchiveError, DecryptKeyError, SarError, TrustError, ValidationError
 from .fsutil import parse_duration, short_hostname
 from .restore import Restore, parse_identities
 from .runner import VERSION, run_job
@@ -172,7 +172,10 @@ def cmd_verify(store: Store, args) -> int:
     except TrustError as exc:
         out("UNTRUSTED %s: %s" % (args.file, exc))
         return EXIT_FAILED
-    except ArchiveError as exc:
+    except DecryptKeyError as exc:
+        out("ENCRYPTED %s: %s" % (args.file, exc))
+        return EXIT_FAILED
+    except ArchiveError as exc:  # damage only: a missing file, key or trust is said as such
         out("CORRUPT %s: %s" % (args.file, exc))
         return EXIT_FAILED
     except ValidationError:
@@ -306,6 +309,23 @@ def cmd_crash_report(store: Store, args) -> int:
     return EXIT_OK
 
 
+def cmd_module_call(store: Store, args) -> int:
+    """The runtime side of a module run on a Python without the libraries (calls.py): JSON request on
+    stdin (validated module parameters: secrets never on a command line), JSON outcome on stdout."""
+    from . import calls  # local: only module calls need it
+    try:
+        request = json.loads(sys.stdin.read(16 * 1024 * 1024))
+        params = dict(request["params"], config_dir=store.config_dir)
+        outcome = calls.call(args.module, params, bool(request.get("check_mode")))
+    except (ValueError, KeyError, TypeError) as exc:
+        outcome = {"failed": True, "result": {"msg": "bad module-call request: %s" % exc}, "warnings": [], "secrets": []}
+    except SarError as exc:
+        outcome = calls._failure(exc)  # pylint: disable=protected-access
+    sys.stdout.write(json.dumps(outcome))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
 def _exit_codes():
     doc = __doc__ or ""  # None under python -OO
     return doc[doc.index("Exit codes:"):] if "Exit codes:" in doc else None
@@ -370,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("metrics", help="rewrite the Prometheus textfile from the status files")
     p.set_defaults(func=cmd_metrics)
+    p = sub.add_parser("module-call", help="internal: a module run through this runtime (JSON on stdin and stdout)")
+    p.add_argument("module")
+    p.set_defaults(func=cmd_module_call)
+
     p = sub.add_parser("crash-report", help="OnFailure= hook: mail that a run died unreported")
     p.add_argument("job")
     p.add_argument("--unit")

@@ -101,3 +101,7 @@ class MissingLibrary(SarError):
 
 class TrustError(ArchiveError):
     """An intact archive that nothing proves this host may trust (unsigned, or signed by an unknown key)."""
+
+
+class DecryptKeyError(ArchiveError):
+    """An encrypted archive, and no passphrase or identity that opens it: not damage."""

@@ -111,7 +111,8 @@ def _downloaded(target, name: str, size: int, workdir: str, log=None) -> str:
     if log:
         log("downloading %s (%d bytes) from %s" % (name, size, target.location()))
     done = 0
-    with target.open_read(name) as src, open(part, "wb") as out:
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with target.open_read(name) as src, os.fdopen(fd, "wb") as out:
         while True:
             chunk = src.read(CHUNK)
             if not chunk:
@@ -370,6 +371,9 @@ class Restore:
                     routes[e["member"]] = e["origin"]
                 else:
                     routes[e["member"]] = os.path.join(self.staging(), os.path.basename(e["member"]))
+        if self.scratch_dir:
+            os.makedirs(self.scratch_dir, 0o700, exist_ok=True)
+            os.chmod(self.scratch_dir, 0o700)  # what an archive holds is nobody else's business
         _check_room(trees)
         kept = []
         for e in trees:
@@ -400,7 +404,7 @@ class Restore:
                 os.rename(fresh.pop(origin), origin)
                 self.log("%s: %s restored" % (e["category"], origin))
             if dumps and not self.scratch_dir:
-                sources.restore_dumps([routes[e["member"]] for e in dumps], self.settings["profile"], self.staging(),
+                sources.restore_dumps([(e["category"], routes[e["member"]], e["member"]) for e in dumps], self.settings["profile"], self.staging(),
                                       log=self.log_func)
         except BaseException:
             for origin, aside in reversed(kept):

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import errors, report, schedule, signing, sources
-from .archive import ArchiveWriter
+from .archive import FORMAT_VERSION, ArchiveWriter
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
 from .fsutil import short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
@@ -27,7 +27,6 @@ from .targets import target_class
 from .targets.base import TargetContext, archive_pattern, partial_name
 
 VERSION = "0.1.0"
-FORMAT_VERSION = 1
 
 
 def _now() -> datetime.datetime:

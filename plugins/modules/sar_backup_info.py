@@ -200,23 +200,12 @@ unreachable_targets:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.sar.backup.plugins.module_utils.errors import SarError, ValidationError
-from ansible_collections.sar.backup.plugins.module_utils.info import archives_info, host_key_info, jobs_info
-from ansible_collections.sar.backup.plugins.module_utils.job import secret_values
-from ansible_collections.sar.backup.plugins.module_utils.store import Store
+from ansible_collections.sar.backup.plugins.module_utils.calls import execute
 
 
 def describe_missing(exc) -> str:
-    return "%s: %s" % (exc.needed_for, missing_required_lib(exc.library))
-
-
-def register_secrets(module, store, names) -> None:
-    """Secrets of the listed jobs are never shown, whatever a target's message or the callback prints."""
-    for name in names or store.job_names():
-        try:
-            module.no_log_values.update(secret_values(store.read_job(name) or {}))
-        except SarError:
-            pass  # unreadable: nothing of it is returned either
+    return "%s: %s (or install the runtime with the role sar.backup.sar_backup: the module then runs through it)" % (
+        exc.needed_for, missing_required_lib(exc.library))
 
 
 def main():
@@ -226,32 +215,7 @@ def main():
         "archives": {"type": "bool", "default": False},
     }
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
-    store = Store(module.params["config_dir"])
-    names = module.params["name"]
-    out = {"changed": False}
-    try:
-        out.update(host_key_info(store))
-        jobs = jobs_info(store, names)
-        register_secrets(module, store, [j["name"] for j in jobs])
-        out["jobs"] = jobs
-        for entry in jobs:
-            if entry.get("error"):
-                module.warn("backup job %s: %s" % (entry["name"], entry["error"]))
-        if module.params["archives"]:
-            archives, unreachable = archives_info(store, names, describe_missing=describe_missing)
-            out["archives"] = archives
-            out["unreachable_targets"] = unreachable
-            for entry in unreachable:
-                module.warn("backup job %s, target %d (%s %s): archives not listed: %s (%s)"
-                            % (entry["job"], entry["target"], entry["type"], entry["location"] or "", entry["error"],
-                               entry["code"]))
-    except ValidationError as exc:
-        module.fail_json(msg=str(exc), field=exc.field, **out)
-    except SarError as exc:
-        module.fail_json(msg=str(exc), code=exc.code, **out)
-    except OSError as exc:
-        module.fail_json(msg="cannot read the sar-backup configuration: %s" % exc, **out)
-    module.exit_json(**out)
+    execute(module, "sar_backup_info", describe_missing)
 
 
 if __name__ == "__main__":

@@ -251,11 +251,13 @@ code:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.sar.backup.plugins.module_utils.errors import MissingLibrary, SarError, ValidationError
-from ansible_collections.sar.backup.plugins.module_utils.fsutil import parse_duration
-from ansible_collections.sar.backup.plugins.module_utils.job import CATEGORIES, secret_values
-from ansible_collections.sar.backup.plugins.module_utils.restore import Restore, parse_identities
-from ansible_collections.sar.backup.plugins.module_utils.store import Store
+from ansible_collections.sar.backup.plugins.module_utils.calls import execute
+from ansible_collections.sar.backup.plugins.module_utils.job import CATEGORIES
+
+
+def describe_missing(exc) -> str:
+    return "%s: %s (or install the runtime with the role sar.backup.sar_backup: the module then runs through it)" % (
+        exc.needed_for, missing_required_lib(exc.library))
 
 
 def main():
@@ -277,28 +279,7 @@ def main():
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
                            mutually_exclusive=[("path", "job"), ("passphrase", "identity")],
                            required_one_of=[("path", "job")])
-    params = module.params
-    store = Store(params["config_dir"])
-    try:
-        if params["job"]:
-            # The job's target credentials are used to fetch the archive: never shown.
-            module.no_log_values.update(secret_values(store.load_job(params["job"])))
-        result = Restore(store, path=params["path"], job=params["job"], target=params["target"],
-                         archive_name=params["archive"], data=params["data"], passphrase=params["passphrase"],
-                         identities=parse_identities(params["identity"]), verify_only=params["verify_only"],
-                         check_mode=module.check_mode, wait=parse_duration(params["wait"], "wait"),
-                         trust=params["trust"], trusted_keys=params["trusted_keys"],
-                         scratch_dir=params["scratch_dir"]).execute()
-    except ValidationError as exc:
-        module.fail_json(msg=str(exc), field=exc.field)
-    except MissingLibrary as exc:
-        module.fail_json(msg="%s: %s" % (exc.needed_for, missing_required_lib(exc.library)), code=exc.code)
-    except SarError as exc:
-        module.fail_json(msg=str(exc), code=exc.code)
-    except OSError as exc:
-        module.fail_json(msg="restore failed, nothing was changed: %s" % exc)
-    module.exit_json(changed=result["changed"], archive=result["archive"], verified=result["verified"],
-                     categories=result["categories"], restored=result["restored"], scratch_dir=result["scratch_dir"])
+    execute(module, "sar_backup_restore", describe_missing)
 
 
 if __name__ == "__main__":

@@ -160,21 +160,13 @@ estimated_size:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.sar.backup.plugins.module_utils import errors
-from ansible_collections.sar.backup.plugins.module_utils.errors import SarError, ValidationError
-from ansible_collections.sar.backup.plugins.module_utils.fsutil import parse_duration
-from ansible_collections.sar.backup.plugins.module_utils.job import (
-    argument_spec, params_to_raw, secret_values, validate_job,
-)
-from ansible_collections.sar.backup.plugins.module_utils.runner import dry_run_job, run_job
-from ansible_collections.sar.backup.plugins.module_utils.store import Store
-
-RESULT_KEYS = ("archive", "targets", "duration", "code", "estimated_size", "sources", "started", "finished",
-               "status_path", "lock_free")
+from ansible_collections.sar.backup.plugins.module_utils.calls import execute
+from ansible_collections.sar.backup.plugins.module_utils.job import argument_spec
 
 
 def describe_missing(exc) -> str:
-    return "%s: %s" % (exc.needed_for, missing_required_lib(exc.library))
+    return "%s: %s (or install the runtime with the role sar.backup.sar_backup: the module then runs through it)" % (
+        exc.needed_for, missing_required_lib(exc.library))
 
 
 def main():
@@ -188,35 +180,7 @@ def main():
     }
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
                            mutually_exclusive=[("job", "definition")], required_one_of=[("job", "definition")])
-    store = Store(module.params["config_dir"])
-    try:
-        wait = parse_duration(module.params["wait"], "wait")
-        if module.params["job"]:
-            job = store.load_job(module.params["job"])
-            # Secrets of a saved job are never shown, whatever the callback prints.
-            module.no_log_values.update(secret_values(job))
-        else:
-            raw = params_to_raw(module.params["definition"])
-            raw["state"] = "present"
-            try:
-                job = validate_job(raw)
-            except ValidationError as exc:
-                raise ValidationError("definition." + exc.field, exc.problem)
-    except ValidationError as exc:
-        module.fail_json(msg=str(exc), field=exc.field)
-    except SarError as exc:
-        module.fail_json(msg=str(exc), code=exc.code)
-
-    if module.check_mode:
-        res = dry_run_job(job, store, describe_missing=describe_missing)
-    else:
-        res = run_job(job, store, wait=wait, keep_archive=module.params["keep_archive"],
-                      describe_missing=describe_missing)
-    out = {k: res[k] for k in RESULT_KEYS if k in res}
-    out["changed"] = res["code"] == errors.SUCCESSFUL or bool(res.get("archive") and not module.check_mode)
-    if res["code"] != errors.SUCCESSFUL:
-        module.fail_json(msg="backup job %s: %s (%s)" % (job["name"], res.get("error") or "failed", res["code"]), **out)
-    module.exit_json(**out)
+    execute(module, "sar_backup_run", describe_missing)
 
 
 if __name__ == "__main__":

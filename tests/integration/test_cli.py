@@ -188,9 +188,9 @@ def test_status_exit_codes_checkmk_and_metrics(host, capsys):
     assert re.search(r'^sar_backup_target_result\{backup_job="nightly",target="0",type="local",.*code="successful"\} 1$',
                      metrics, re.M)
     assert re.search(r'^sar_backup_archive_bytes\{backup_job="nightly"\} [1-9]\d*$', metrics, re.M)
-    # Checkmk sites without the STARFACE plugin: a <<<local>>> service per job.
+    # Checkmk sites without the STARFACE plugin: a <<<local>>> service per job (60 h old: critical).
     assert sar(host, "status", "nightly", "--format", "checkmk-local") == 0
-    assert re.match(r'^<<<local>>>\n0 "sar-backup_nightly" age=\d+;93600;180000\|size=\d+;;\|duration=[\d.]+;; nightly: ',
+    assert re.match(r'^<<<local>>>\n2 "sar-backup_nightly" age=\d+;93600;180000\|size=\d+;;\|duration=[\d.]+;; nightly: ',
                     capsys.readouterr().out)
 
     # A failed run is CRITICAL whatever its age.
@@ -355,3 +355,24 @@ def test_two_runs_in_one_second_never_replace_an_archive(host):
     assert first["archive"]["name"] != second["archive"]["name"]
     folder = os.path.join(host["settings"]["archive_dir"], "starface-backup", "nightly")
     assert sorted(os.listdir(folder)) == sorted([first["archive"]["name"], second["archive"]["name"]])
+
+
+def test_verify_says_what_is_wrong_only_damage_is_corrupt(host, capsys, tmp_path):
+    save_job(host["store"], report_to=[], encryption={"passphrase": "verify-pass-Xy7"})
+    assert sar(host, "run", "nightly") == 0
+    capsys.readouterr()
+    folder = os.path.join(host["settings"]["archive_dir"], "starface-backup", "nightly")
+    path = os.path.join(folder, os.listdir(folder)[0])
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text("verify-pass-Xy7\n")
+    wrong.write_text("not-it\n")
+    assert sar(host, "verify", path, "--passphrase-file", str(right)) == 0
+    assert capsys.readouterr().out.startswith("OK ")
+    assert sar(host, "verify", path) == 1
+    assert capsys.readouterr().out.startswith("ENCRYPTED ")
+    assert sar(host, "verify", path, "--passphrase-file", str(wrong)) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("ENCRYPTED ") and "wrong passphrase" in out
+    assert sar(host, "verify", str(tmp_path / "missing.sar")) == 2
+    captured = capsys.readouterr()
+    assert "CORRUPT" not in captured.out and "cannot read" in captured.err

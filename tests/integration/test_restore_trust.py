@@ -167,7 +167,7 @@ def test_the_profile_decides_where_trees_go_never_the_manifest(pbx, tmp_path, ca
     assert pbx.snapshot() == changed
     assert tree_hashes(str(scratch / "files" / "announcements" / "0")) == tree_hashes(pbx_original_announcements(pbx, path, tmp_path))
     assert os.path.isfile(scratch / "db" / "core.pgdump")
-    assert oct(os.stat(scratch / "files").st_mode & 0o777) == "0o700"
+    assert oct(os.stat(scratch).st_mode & 0o777) == "0o700"
     # A scratch directory inside the appliance's data is refused before anything happens.
     inside = os.path.join(pbx.paths("core")[0], "look")
     assert pbx.sar("restore", crafted, "--yes", "--trust", "any", "--scratch-dir", inside) == 2
