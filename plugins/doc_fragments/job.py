@@ -74,7 +74,31 @@ options:
       keep:
         description:
           - All types but email. Retention; the newest N archives of this job are kept on this target, older ones removed.
-            V(0) keeps all. Default V(7).
+            V(0) keeps all (unless a calendar rule below is set). Default V(7).
+          - The rules add up - an archive is kept when any of O(targets[].keep), O(targets[].keep_daily),
+            O(targets[].keep_weekly), O(targets[].keep_monthly), O(targets[].keep_yearly) keeps it. The archive just
+            written and the newest one are never removed. Check mode lists what a run would prune.
+        type: int
+      keep_daily:
+        description:
+          - All types but email. Calendar retention (as borgmatic and restic) - for each of the last N days that have
+            archives, the newest archive of that day is kept. Days are the appliance's local calendar. V(0) (default) = no
+            daily rule.
+        type: int
+      keep_weekly:
+        description:
+          - All types but email. For each of the last N ISO weeks that have archives, the newest archive of the week is
+            kept. V(0) (default) = no weekly rule.
+        type: int
+      keep_monthly:
+        description:
+          - All types but email. For each of the last N months that have archives, the newest archive of the month is kept.
+            V(0) (default) = no monthly rule.
+        type: int
+      keep_yearly:
+        description:
+          - All types but email. For each of the last N years that have archives, the newest archive of the year is kept.
+            V(0) (default) = no yearly rule.
         type: int
       verify:
         description:
@@ -283,7 +307,31 @@ options:
           keep:
             description:
               - All types but email. Retention; the newest N archives of this job are kept on this target, older ones removed.
-                V(0) keeps all. Default V(7).
+                V(0) keeps all (unless a calendar rule below is set). Default V(7).
+              - The rules add up - an archive is kept when any of O(definition.targets[].keep), O(definition.targets[].keep_daily),
+                O(definition.targets[].keep_weekly), O(definition.targets[].keep_monthly), O(definition.targets[].keep_yearly) keeps it. The archive just
+                written and the newest one are never removed. Check mode lists what a run would prune.
+            type: int
+          keep_daily:
+            description:
+              - All types but email. Calendar retention (as borgmatic and restic) - for each of the last N days that have
+                archives, the newest archive of that day is kept. Days are the appliance's local calendar. V(0) (default) = no
+                daily rule.
+            type: int
+          keep_weekly:
+            description:
+              - All types but email. For each of the last N ISO weeks that have archives, the newest archive of the week is
+                kept. V(0) (default) = no weekly rule.
+            type: int
+          keep_monthly:
+            description:
+              - All types but email. For each of the last N months that have archives, the newest archive of the month is kept.
+                V(0) (default) = no monthly rule.
+            type: int
+          keep_yearly:
+            description:
+              - All types but email. For each of the last N years that have archives, the newest archive of the year is kept.
+                V(0) (default) = no yearly rule.
             type: int
           verify:
             description:

@@ -55,6 +55,11 @@ SECRET_KEYS = frozenset((
 REQUIRED = object()
 COMMON_TARGET_OPTIONS = {
     "keep": ("int", 7),
+    # Calendar retention (retention.py): the newest archive of each of the last N days/weeks/months/years.
+    "keep_daily": ("int", 0),
+    "keep_weekly": ("int", 0),
+    "keep_monthly": ("int", 0),
+    "keep_yearly": ("int", 0),
     "verify": (VERIFY_MODES, "size"),
 }
 TARGET_OPTIONS = {
@@ -135,7 +140,7 @@ def _coerce(kind, value, field: str):
             return False
         raise ValidationError(field, "must be a boolean, got %r" % (value,))
     if kind == "size":
-        return parse_size(value, field)
+        return _bounded(parse_size, value, field)
     if kind == "list":
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -143,6 +148,21 @@ def _coerce(kind, value, field: str):
             raise ValidationError(field, "must be a list, got %s" % type(value).__name__)
         return [str(v) for v in value]
     raise AssertionError(kind)
+
+
+def _check_keys(raw: dict, field: str) -> None:
+    """Option names are strings (YAML and JSON allow others: 5:, true:, null:)."""
+    for key in raw:
+        if not isinstance(key, str):
+            raise ValidationError(field, "option names must be strings, got %r" % (key,))
+
+
+def _bounded(parse, value, field: str) -> int:
+    """parse_size/parse_duration, with a number too large for an integer ('9' * 400) refused, not a traceback."""
+    try:
+        return parse(value, field)
+    except OverflowError:
+        raise ValidationError(field, "is too large, got %s" % ("%r" % (value,))[:40]) from None
 
 
 def _check_email(address: str, field: str) -> None:
@@ -155,10 +175,11 @@ def validate_target(raw, index: int) -> dict:
     prefix = "targets[%d]" % index
     if not isinstance(raw, dict):
         raise ValidationError(prefix, "must be a dictionary with at least a 'type'")
+    _check_keys(raw, prefix)
     ttype = raw.get("type")
     if _is_blank(ttype):
         raise ValidationError(prefix + ".type", "is required (one of %s)" % ", ".join(TARGET_OPTIONS))
-    if ttype not in TARGET_OPTIONS:
+    if not isinstance(ttype, str) or ttype not in TARGET_OPTIONS:
         raise ValidationError(prefix + ".type", "must be one of %s, got %r" % (", ".join(TARGET_OPTIONS), ttype))
     allowed = dict(COMMON_TARGET_OPTIONS)
     allowed.update(TARGET_OPTIONS[ttype])
@@ -269,10 +290,11 @@ def validate_job(raw: dict, require_targets: bool = True) -> dict:
     """Normalize a job definition. Raises ValidationError naming the field."""
     if not isinstance(raw, dict):
         raise ValidationError("definition", "must be a dictionary of job options")
+    _check_keys(raw, "definition")
     known = set(DEFAULTS) | {"name", "targets"}
     for key in sorted(raw):
         if key not in known:
-            raise ValidationError(key, "unknown option")
+            raise ValidationError(key if key.strip() else "definition", "unknown option%s" % ("" if key.strip() else " %r" % key))
     job = {"name": validate_name(raw.get("name"))}
     for key, default in DEFAULTS.items():
         value = raw.get(key)
@@ -305,7 +327,7 @@ def validate_job(raw: dict, require_targets: bool = True) -> dict:
 
     job["compression"] = _coerce(COMPRESSIONS, job["compression"], "compression")
     job["encryption"] = _validate_encryption(job["encryption"])
-    job["defer"] = parse_duration(job["defer"], "defer")
+    job["defer"] = _bounded(parse_duration, job["defer"], "defer")
     job["retries"] = _coerce("int", job["retries"], "retries")
 
     targets = raw.get("targets")
@@ -409,7 +431,7 @@ def argument_spec() -> dict:
                 spec["elements"] = "str"
             if key in SECRET_KEYS:
                 spec["no_log"] = True
-            elif key in ("host_key", "host_key_policy", "app_key", "max_size", "keep"):
+            elif key in ("host_key", "host_key_policy", "app_key", "max_size") or key.startswith("keep"):
                 spec["no_log"] = False
             target_options[key] = spec
     return {

@@ -364,13 +364,15 @@ class Run:
             return self.result(exc.code, targets=self.all_failed(exc.code, str(exc)), error=str(exc),
                                lock_free=lock_free)
 
+        name = archive_name(job["name"], self.host, self.started)
+
         def check_one(index, options):
             entry = self.target_entry(index, options)
             if entry["error"]:
                 return entry
             begin = time.monotonic()
             try:
-                target_class(options["type"])(options, self.context(check_mode=True)).check()
+                entry["would_prune"] = target_class(options["type"])(options, self.context(check_mode=True)).check(name)
                 entry.update(status="ok", code=errors.SUCCESSFUL)
             except MissingLibrary as exc:
                 entry.update(code=exc.code, error=self.describe_missing(exc))
@@ -385,7 +387,6 @@ class Run:
             entries = [f.result() for f in [pool.submit(check_one, i, o) for i, o in enumerate(job["targets"])]]
         failed = [t for t in entries if t["status"] != "ok"]
         code = failed[0]["code"] if failed else errors.SUCCESSFUL
-        name = archive_name(job["name"], self.host, self.started)
         return self.result(code, targets=entries, archive={"name": name, "size": None, "sha256": None,
                                                            "created": None, "path": None},
                            estimated_size=estimate, lock_free=lock_free,

@@ -247,6 +247,11 @@ code:
     restore failed, C(alreadyRunning), C(diskFull), ...).
   returned: failure
   type: str
+runtime:
+  description: The installed runtime's C(sar-backup) command the module ran through, when the Python Ansible picked
+    lacked a library (see the collection's docs/role.md); absent when the module did the work itself.
+  returned: when the work was handed to the runtime
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib

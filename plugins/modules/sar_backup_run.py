@@ -143,6 +143,10 @@ targets:
       description: Archives removed by retention.
       type: list
       elements: str
+    would_prune:
+      description: Check mode - the archives retention would remove after this run's archive is written.
+      type: list
+      elements: str
 code:
   description: The run's result code; C(successful) only when every target succeeded.
   returned: always
@@ -156,6 +160,15 @@ estimated_size:
   description: Check mode - estimated bytes of the sources.
   returned: in check mode
   type: int
+public_key:
+  description: The host's archive signing key (C(ed25519:...)); the archive carries its signature.
+  returned: when the run got as far as the status file
+  type: str
+runtime:
+  description: The installed runtime's C(sar-backup) command the module ran through, when the Python Ansible picked
+    lacked a library (see the collection's docs/role.md); absent when the module did the work itself.
+  returned: when the work was handed to the runtime
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib

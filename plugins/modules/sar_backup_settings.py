@@ -55,6 +55,15 @@ options:
           pg_bin_dir:
             description: Directory of C(pg_dump)/C(pg_restore); default the C(PATH), else the newest C(/usr/lib/postgresql/*/bin).
             type: path
+          restore_role:
+            description:
+              - Role a restore runs as (C(SET ROLE) from the restore's own first SQL file, never from the archive) after
+                connecting as O(profile.database.user). Give a role that owns the appliance's tables but is no superuser
+                and no member of C(pg_execute_server_program), C(pg_read_server_files) or C(pg_write_server_files), so
+                that server-side programs and files stay out of a restore's reach even beyond the dump check.
+              - Default none, the restore runs as O(profile.database.user); a restore logs when that role is a superuser
+                or such a member (the dump check is then the only guard).
+            type: str
       categories:
         description:
           - Per category (V(core), V(cdr_voicemail), V(announcements)) the tables to dump and the file trees to archive.
@@ -202,6 +211,7 @@ def _argument_spec() -> dict:
                 "password": {"type": "str", "no_log": True},
                 "name": {"type": "str"},
                 "pg_bin_dir": {"type": "path"},
+                "restore_role": {"type": "str"},
             }},
             "categories": {"type": "dict", "options": {
                 "core": category, "cdr_voicemail": category, "announcements": category,

@@ -376,3 +376,34 @@ def test_verify_says_what_is_wrong_only_damage_is_corrupt(host, capsys, tmp_path
     assert sar(host, "verify", str(tmp_path / "missing.sar")) == 2
     captured = capsys.readouterr()
     assert "CORRUPT" not in captured.out and "cannot read" in captured.err
+
+
+def test_calendar_retention_on_a_real_target_and_check_mode_lists_it(host):
+    """keep + keep_daily on a local target: the archives of older days go, one per day stays; check mode says
+    beforehand what a run would prune, and prunes nothing."""
+    from ansible_collections.sar.backup.plugins.module_utils.runner import dry_run_job, run_job
+    job = save_job(host["store"], report_to=[], targets=[{"type": "local", "keep": 1, "keep_daily": 3}])
+    folder = os.path.join(host["settings"]["archive_dir"], "starface-backup", "nightly")
+    os.makedirs(folder)
+    # Archives of earlier nights (two on one day), as earlier runs left them (names carry the UTC time).
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc).replace(hour=12, minute=0)
+    earlier = []
+    for days, hour in ((1, 1), (1, 3), (2, 1), (3, 1), (4, 1)):
+        moment = now - datetime.timedelta(days=days)
+        name = "nightly_%s_%s.sar" % (run_host(), moment.replace(hour=hour).strftime("%Y%m%dT%H%M%SZ"))
+        open(os.path.join(folder, name), "wb").close()
+        earlier.append(name)
+    plan = dry_run_job(job, host["store"])
+    # Kept: the new archive (keep 1, its day), the newest of yesterday and of the day before (3 days with archives).
+    assert sorted(plan["targets"][0]["would_prune"]) == sorted([earlier[0], earlier[3], earlier[4]])
+    assert sorted(os.listdir(folder)) == sorted(earlier)      # check mode removed nothing
+    res = run_job(job, host["store"])
+    assert res["code"] == "successful"
+    assert sorted(res["targets"][0]["pruned"]) == sorted([earlier[0], earlier[3], earlier[4]])
+    assert sorted(os.listdir(folder)) == sorted([res["archive"]["name"], earlier[1], earlier[2]])
+
+
+def run_host() -> str:
+    from ansible_collections.sar.backup.plugins.module_utils.fsutil import short_hostname
+    return short_hostname()

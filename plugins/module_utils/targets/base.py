@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from .. import errors
+from .. import errors, retention
 from ..errors import TargetError
 
 ROOT_DIR = "starface-backup"
@@ -148,9 +148,19 @@ class Target:
         # The name carries the UTC time: sorting by name is sorting by age.
         return sorted(found, key=lambda e: e.name, reverse=True)
 
-    def prune(self, keep: int, protect: str = "") -> list:
-        """Keep the newest `keep` archives of this job (0 keeps all) and remove
-        leftover partials of this job. Returns the names removed."""
+    def retention_rules(self) -> dict:
+        rules = {rule: int(self.options.get(rule) or 0) for rule in retention.RULES}
+        rules["keep"] = int(self.options.get("keep", 7) or 0)
+        return rules
+
+    def would_prune(self, protect: str = "") -> list:
+        """What prune() would remove now (check mode): archives the retention rules do not keep."""
+        return retention.to_remove([e.name for e in self.archives()], self.retention_rules(),
+                                   protect=[protect] if protect else [])
+
+    def prune(self, protect: str = "") -> list:
+        """Apply the retention rules (retention.py: keep and the calendar rules; the archive just written and the
+        newest are never removed) and remove leftover partials of this job. Returns the names removed."""
         removed = []
         entries = self.listdir()
         partials = partial_pattern(self.ctx.job)
@@ -158,12 +168,9 @@ class Target:
             if partials.match(entry.name):
                 self.remove(entry.name)
                 removed.append(entry.name)
-        if keep:
-            for entry in self.archives()[keep:]:
-                if entry.name == protect:
-                    continue
-                self.remove(entry.name)
-                removed.append(entry.name)
+        for name in self.would_prune(protect):
+            self.remove(name)
+            removed.append(name)
         return removed
 
     def deliver(self, src_path: str, name: str, size: int, sha256: str) -> dict:
@@ -179,7 +186,7 @@ class Target:
                 if exc.code == errors.VERIFY_FAILED:
                     self.discard_bad(name, exc)
                 raise
-            pruned = self.prune(int(self.options.get("keep", 7)), protect=name)
+            pruned = self.prune(protect=name)
             return {"bytes": size, "pruned": pruned}
         finally:
             self.close()
@@ -197,11 +204,16 @@ class Target:
             exc.msg = "%s; removing the bad copy failed too: %s" % (exc.msg, cleanup)
             exc.args = (exc.msg,)
 
-    def check(self) -> None:
-        """Check mode: log in and prove write access; leaves nothing behind."""
+    def check(self, new_name: str = "") -> list:
+        """Check mode: log in and prove write access; leaves nothing behind. Returns what a run writing
+        `new_name` would prune under the retention rules."""
         self.connect()
         try:
             self.probe_write()
+            names = [e.name for e in self.archives()]
+            if new_name and new_name not in names:
+                names.append(new_name)
+            return retention.to_remove(names, self.retention_rules(), protect=[new_name] if new_name else [])
         finally:
             self.close()
 

@@ -131,9 +131,11 @@ class EmailTarget(Target):
     def probe_write(self) -> None:
         mailer.probe(self.smtp, self.recipients)
 
-    def check(self) -> None:
-        """Check mode: connect, TLS, login, MAIL FROM + RCPT TO, RSET; nothing sent."""
+    def check(self, new_name: str = "") -> list:
+        """Check mode: connect, TLS, login, MAIL FROM + RCPT TO, RSET; nothing sent (and nothing to prune)."""
+        del new_name
         self.probe_write()
+        return []
 
 
 TARGET = EmailTarget

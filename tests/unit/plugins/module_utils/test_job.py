@@ -19,7 +19,8 @@ def test_defaults_filled_in():
     assert job["interval"] == "manual" and job["start"] is None
     assert job["data"] == ["core"] and job["compression"] == "zstd"
     assert job["defer"] == 3600 and job["retries"] == 3 and job["report_on"] == "failure"
-    assert job["targets"] == [{"type": "local", "keep": 7, "verify": "size", "path": None}]
+    assert job["targets"] == [{"type": "local", "keep": 7, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0,
+                              "keep_yearly": 0, "verify": "size", "path": None}]
 
 
 def test_type_defaults_per_target():
