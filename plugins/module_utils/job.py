@@ -15,6 +15,7 @@ import copy
 import datetime
 import re
 
+from . import hooks
 from .errors import ValidationError
 from .fsutil import parse_duration, parse_size
 
@@ -42,6 +43,7 @@ DEFAULTS = {
     "encryption": None,
     "defer": 3600,
     "retries": 3,
+    "hooks": None,
 }
 
 # Secret option names, wherever they appear (targets, encryption, settings).
@@ -329,6 +331,7 @@ def validate_job(raw: dict, require_targets: bool = True) -> dict:
     job["encryption"] = _validate_encryption(job["encryption"])
     job["defer"] = _bounded(parse_duration, job["defer"], "defer")
     job["retries"] = _coerce("int", job["retries"], "retries")
+    job["hooks"] = hooks.validate(job["hooks"])
 
     targets = raw.get("targets")
     if targets is None:
@@ -450,6 +453,7 @@ def argument_spec() -> dict:
         }},
         "defer": {"type": "raw", "default": "1h"},
         "retries": {"type": "int", "default": 3},
+        "hooks": {"type": "dict", "options": {stage: {"type": "list", "elements": "raw"} for stage in hooks.STAGES}},
     }
 
 
@@ -460,4 +464,6 @@ def params_to_raw(params: dict) -> dict:
         raw["targets"] = [{k: v for k, v in t.items() if v is not None} for t in raw["targets"]]
     if isinstance(raw.get("encryption"), dict):
         raw["encryption"] = {k: v for k, v in raw["encryption"].items() if v is not None}
+    if isinstance(raw.get("hooks"), dict):
+        raw["hooks"] = {k: v for k, v in raw["hooks"].items() if v is not None}
     return raw

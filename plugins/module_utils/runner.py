@@ -17,7 +17,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import errors, report, schedule, signing, sources
+from . import errors, hooks, report, schedule, signing, sources
 from .archive import FORMAT_VERSION, ArchiveWriter
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
 from .fsutil import short_hostname
@@ -63,6 +63,7 @@ class Run:
         self.started = now or _now()
         self.targets = []
         self.wait_option = wait_option
+        self.before_results = []
 
     # -- helpers -----------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -101,6 +102,8 @@ class Run:
             "error": error,
         }
         res.update(extra)
+        if self.before_results and "hooks" not in extra:
+            res["hooks"] = list(self.before_results)
         return res
 
     def all_failed(self, code: str, message: str) -> list:
@@ -116,9 +119,28 @@ class Run:
         self.finish(res)
         return res
 
+    def hook_env(self, stage: str, res: dict | None = None) -> dict:
+        archive = (res or {}).get("archive") or {}
+        return hooks.environment(self.job["name"], stage, self.store.config_dir,
+                                 code=(res or {}).get("code") if res else None,
+                                 archive=archive.get("path") or archive.get("name"))
+
+    def after_hooks(self, res: dict) -> None:
+        """`after` on success, `on_failure` otherwise; they never change the run's code (a deferral is not an end)."""
+        if not self.job.get("hooks") or res.get("code") in (errors.DEFERRED, errors.NOT_DUE):
+            return
+        stage = "after" if res.get("code") == errors.SUCCESSFUL else "on_failure"
+        ran = hooks.run_stage(self.job["hooks"], stage, self.hook_env(stage, res), log=self.log_func)
+        res.setdefault("hooks", []).extend(ran)
+        for entry in ran:
+            if entry["error"]:
+                res.setdefault("warnings", []).append("%s hook %d (%s) %s" % (stage, entry["index"], entry["command"],
+                                                                              entry["error"]))
+
     def finish(self, res: dict) -> None:
-        """Status file, metrics and the report mail after every real run; none of
+        """Hooks after the run, then status file, metrics and the report mail after every real run; none of
         them may turn a run's result into something else."""
+        self.after_hooks(res)
         warnings = res.setdefault("warnings", [])
         res.setdefault("public_key", signing.host_public_key(self.store.config_dir))
         try:
@@ -196,8 +218,27 @@ class Run:
             time.sleep(1.0 - self.started.microsecond / 1e6 + 0.01)
             self.started = _now()
 
+    def before_hooks(self):
+        """Run the `before` hooks; the first that fails fails the run (hookFailed), nothing is built."""
+        if not (self.job.get("hooks") or {}).get("before"):
+            return None
+        ran = hooks.run_stage(self.job["hooks"], "before", self.hook_env("before"), log=self.log_func,
+                              stop_on_failure=True)
+        failed = [r for r in ran if r["error"]]
+        if not failed:
+            self.before_results = ran
+            return None
+        bad = failed[0]
+        msg = "before hook %d (%s) %s; nothing was backed up" % (bad["index"], bad["command"], bad["error"])
+        res = self.result(errors.HOOK_FAILED, targets=self.all_failed(errors.HOOK_FAILED, msg), error=msg, hooks=ran)
+        self.finish(res)
+        return res
+
     def locked_run(self) -> dict:
         self.unique_start()
+        refused = self.before_hooks()
+        if refused is not None:
+            return refused
         job = self.job
         profile = self.settings["profile"]
         try:
