@@ -32,7 +32,7 @@ import shutil
 import stat
 import tempfile
 
-from . import archive, errors, signing, sources
+from . import archive, dumpguard, errors, signing, sources
 from .errors import SarError, ValidationError
 from .fsutil import short_hostname
 from .job import CATEGORIES
@@ -340,6 +340,9 @@ class Restore:
                   "members": len(scanned["members"]),
                   "categories": sorted({e["category"] for e in plan}, key=CATEGORIES.index),
                   "changed": False, "check_mode": self.check_mode, "verify_only": self.verify_only}
+        if self.verify_only or self.check_mode:
+            # Verify says what restore will say: the dumps' contents are checked as a restore checks them.
+            result["dumps_checked"] = self.check_dumps(path, plan, scanned)
         if self.verify_only:
             result["restored"] = []
             result["categories"] = []
@@ -351,6 +354,27 @@ class Restore:
         self.apply(path, plan, scanned)
         result["changed"] = bool(plan)
         return result
+
+    def check_dumps(self, path: str, plan: list, scanned: dict) -> list:
+        """Extract the plan's dumps into staging and check each as restore_dumps will (dumpguard: the table of
+        contents and the SQL may touch only what the profile gives its category); nothing runs. Into a scratch
+        directory dumps are only written as files: nothing to check there."""
+        dumps = [e for e in plan if e["kind"] == sources.KIND_DB]
+        if not dumps or self.scratch_dir:
+            return []
+        routes = {e["member"]: os.path.join(self.staging(), "check-" + os.path.basename(e["member"])) for e in dumps}
+        archive.extract_routed(path, routes, self.passphrase, self.identities, scanned=scanned)
+        checked = []
+        for e in dumps:
+            script = dumpguard.check_dump(routes[e["member"]], e["category"], self.settings["profile"], self.staging(),
+                                          member=e["member"])
+            for leftover in (script, routes[e["member"]]):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+            checked.append(e["member"])
+        return checked
 
     def apply(self, path: str, plan: list, scanned: dict) -> None:
         dumps = [e for e in plan if e["kind"] == sources.KIND_DB]
@@ -392,6 +416,10 @@ class Restore:
             archive.extract_routed(path, routes, self.passphrase, self.identities, scanned=scanned)
             for origin, links_file in links.items():
                 _recreate_links(fresh[origin], links_file)
+            for e in dumps:
+                if not self.scratch_dir:  # refused before any tree is swapped (restore_dumps checks again)
+                    os.unlink(dumpguard.check_dump(routes[e["member"]], e["category"], self.settings["profile"],
+                                                   self.staging(), member=e["member"]))
             # Swap the trees in; the current ones stay aside until the database is restored.
             for e in trees:
                 origin = e["origin"]
