@@ -13,7 +13,7 @@ export PATH := $(VENV)/bin:$(PATH)
 # Debian packages the tests and the demo use (installed only when root).
 DEB_PACKAGES := postgresql postgresql-client openssh-server openssh-client samba smbclient \
 	zstd age rsync openssl udev fusefat exfat-fuse systemd util-linux e2fsprogs dosfstools exfatprogs python3-venv \
-	prometheus
+	prometheus chromium
 
 .PHONY: all deps venv collection demo test sanity units lint integration molecule bench clean
 

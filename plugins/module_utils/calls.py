@@ -136,6 +136,8 @@ def restore_call(params: dict, check_mode: bool, describe_missing=describe_missi
     from .store import Store
     store = Store(params.get("config_dir"))
     secrets = []
+    if params.get("drill"):
+        return _drill_call(store, params, check_mode, describe_missing)
     try:
         if params.get("job"):
             # The job's target credentials are used to fetch the archive: never shown.
@@ -158,6 +160,47 @@ def restore_call(params: dict, check_mode: bool, describe_missing=describe_missi
                         "scratch_dir": result["scratch_dir"]})
     out["secrets"] = secrets
     return out
+
+
+def _drill_call(store, params: dict, check_mode: bool, describe_missing) -> dict:
+    """sar_backup_restore with drill: true - the job's newest archive restored into isolation and checked."""
+    from .drill import run_drill
+    from .fsutil import parse_duration
+    from .job import secret_values
+    from .restore import parse_identities
+    if not params.get("job"):
+        return _outcome({"msg": "drill: needs job (the saved job whose newest archive is drilled)", "field": "job"},
+                        failed=True)
+    for option in ("path", "data", "scratch_dir"):
+        if params.get(option):
+            return _outcome({"msg": "%s: does not apply to a drill" % option, "field": option}, failed=True)
+    if params.get("archive") not in (None, "latest"):
+        return _outcome({"msg": "archive: a drill always takes the newest archive", "field": "archive"}, failed=True)
+    try:
+        secrets = secret_values(store.load_job(params["job"]))
+    except SarError as exc:
+        return _failure(exc)
+    if check_mode:
+        return _outcome({"changed": False, "msg": "check mode: a drill changes nothing on the appliance, but it "
+                                                  "restores into a scratch database; not run in check mode",
+                         "skipped": True}, secrets=secrets)
+    try:
+        drill = run_drill(store, params["job"], target=params.get("target"), wait=parse_duration(params.get("wait") or 0, "wait"),
+                          passphrase=params.get("passphrase"), identities=parse_identities(params.get("identity")),
+                          trusted_keys=params.get("trusted_keys"), trust=params.get("trust") or "signed")
+    except MissingLibrary as exc:
+        return _outcome({"msg": describe_missing(exc), "code": exc.code}, failed=True, secrets=secrets)
+    except SarError as exc:
+        out = _failure(exc)
+        out["secrets"] = secrets
+        return out
+    result = {"changed": False, "drill": drill, "archive": drill.get("archive"), "verified": drill["success"],
+              "categories": sorted({t["category"] for t in (drill.get("tables") or []) + (drill.get("trees") or [])}),
+              "code": drill["code"], "checks": drill.get("checks")}
+    if not drill["success"]:
+        result["msg"] = "restore drill of job %s failed (%s): %s" % (params["job"], drill["code"], drill.get("error"))
+        return _outcome(result, failed=True, secrets=secrets, warnings=drill.get("warnings"))
+    return _outcome(result, secrets=secrets, warnings=drill.get("warnings"))
 
 
 CALLS = {"sar_backup_run": run_call, "sar_backup_info": info_call, "sar_backup_restore": restore_call}

@@ -233,6 +233,40 @@ def _intervals(store: Store, names: list) -> dict:
     return out
 
 
+def cmd_drill(store: Store, args) -> int:
+    """A restore drill of the job's newest archive into isolation (drill.py)."""
+    from .drill import run_drill  # local: only drills need it
+    console = Console()
+    drill = run_drill(store, args.job, target=args.target, scheduled=args.scheduled,
+                      wait=parse_duration(args.wait, "--wait"), log=console, wait_option="--wait",
+                      passphrase=_read_secret_file(args.passphrase_file), identities=_identities(args.identity),
+                      trusted_keys=_trusted_keys(args), trust=args.trust)
+    archive = drill.get("archive") or {}
+    checks = drill.get("checks") or {}
+    out("%s %s: restore drill from target %s of %s: %d table(s) and %d file(s) checked%s" % (
+        "OK" if drill["success"] else "FAILED", drill["job"], drill.get("target"), archive.get("name") or "-",
+        checks.get("tables", 0), checks.get("files", 0), (" - %s (%s)" % (drill["error"], drill["code"]))
+        if drill.get("error") else ""))
+    for table in drill.get("tables") or []:
+        out("  table %-40s %10s rows%s" % (table["table"], table["rows"], "" if table["ok"] else "  <- %s" % table["problem"]))
+    for tree in drill.get("trees") or []:
+        out("  tree  %-40s %10d files %12d bytes%s" % (tree["member"], tree["files"], tree["bytes"],
+                                                       "" if tree["ok"] else "  <- %s" % tree["problem"]))
+    return EXIT_OK if drill["success"] else EXIT_FAILED
+
+
+def _drill_intervals(store: Store, names: list) -> dict:
+    out = {}
+    for name in names:
+        try:
+            drill = store.load_job(name).get("drill")
+        except SarError:
+            continue
+        if drill:
+            out[name] = drill["interval"]
+    return out
+
+
 def cmd_status(store: Store, args) -> int:
     try:
         settings = store.settings()
@@ -247,10 +281,11 @@ def cmd_status(store: Store, args) -> int:
         return EXIT_OK
     warn, crit = parse_duration(args.warn, "--warn"), parse_duration(args.crit, "--crit")
     intervals = _intervals(store, names)
+    drills = _drill_intervals(store, names)
     if args.format == "checkmk-local":
-        sys.stdout.write(report.checkmk_local(statuses, warn, crit, time.time(), intervals))
+        sys.stdout.write(report.checkmk_local(statuses, warn, crit, time.time(), intervals, drills))
         return EXIT_OK
-    code, text = report.nagios_status(statuses, warn, crit, time.time(), intervals)
+    code, text = report.nagios_status(statuses, warn, crit, time.time(), intervals, drills)
     if args.format == "json":
         out(json.dumps({"exit": code, "summary": text, "jobs": statuses}, indent=2))
     else:
@@ -379,6 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(trees as files/<category>/<i>, dumps as db/<category>.pgdump files)")
     _trust_args(p)
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("drill", help="restore drill: restore the job's newest archive into isolation and check it")
+    p.add_argument("job")
+    p.add_argument("--target", type=int, help="index of the job's target to drill (default: the job's drill.target, rotate)")
+    p.add_argument("--scheduled", action="store_true", help="a timer run: defer and retry when the lock is taken")
+    p.add_argument("--wait", default="0", help="how long to wait for the maintenance lock (e.g. 10m)")
+    p.add_argument("--passphrase-file", help="passphrase file (default: the job's own passphrase)")
+    p.add_argument("--identity", help="age identity file, for archives encrypted to recipients")
+    _trust_args(p)
+    p.set_defaults(func=cmd_drill)
+
     p = sub.add_parser("status", help="monitoring: Nagios exit codes, JSON or the checkmk section")
     p.add_argument("jobs", nargs="*", metavar="JOB", help="only these jobs (default: every saved job)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # the older spelling of one JOB

@@ -44,6 +44,7 @@ DEFAULTS = {
     "defer": 3600,
     "retries": 3,
     "hooks": None,
+    "drill": None,
 }
 
 # Secret option names, wherever they appear (targets, encryption, settings).
@@ -341,7 +342,55 @@ def validate_job(raw: dict, require_targets: bool = True) -> dict:
     if require_targets and job["state"] == "present" and not targets:
         raise ValidationError("targets", "needs at least one target: where the archive goes")
     job["targets"] = [validate_target(t, i) for i, t in enumerate(targets)]
+    job["drill"] = _validate_drill(job["drill"], job)
     return job
+
+
+DRILL_TARGETS = ("rotate",)
+
+
+def _validate_drill(value, job: dict):
+    """`drill`: None, or {interval, start, target}: restore drills of the job's newest archive (drill.py)."""
+    if _is_blank(value):
+        return None
+    if not isinstance(value, dict):
+        raise ValidationError("drill", "must be a dictionary with interval, start and target")
+    for key in value:
+        if key not in ("interval", "start", "target"):
+            raise ValidationError("drill.%s" % key, "unknown option (interval, start, target)")
+    interval = _coerce(INTERVALS, "manual" if value.get("interval") is None else value.get("interval"), "drill.interval")
+    start = value.get("start")
+    if interval == "manual":
+        start = None if _is_blank(start) else parse_start(start, "drill.start").strftime(START_FORMAT)
+    else:
+        if _is_blank(start):
+            raise ValidationError("drill.start", "is required when drill.interval is %s ('YYYY-MM-DD HH:MM')" % interval)
+        start = parse_start(start, "drill.start").strftime(START_FORMAT)
+    target = value.get("target")
+    if target is None or target == "rotate":
+        target = "rotate"
+    else:
+        if isinstance(target, bool) or not isinstance(target, (int, str)) or not str(target).isdigit():
+            raise ValidationError("drill.target", "must be rotate or the index of one of the job's targets, got %r"
+                                  % (target,))
+        target = int(target)
+        if job.get("targets") and target >= len(job["targets"]):
+            raise ValidationError("drill.target", "the job has %d target(s), there is no target %d"
+                                  % (len(job["targets"]), target))
+        if job.get("targets") and job["targets"][target]["type"] == "email":
+            raise ValidationError("drill.target", "target %d is an e-mail target: archives sent by mail cannot be "
+                                  "read back" % target)
+    if job.get("targets") and all(t["type"] == "email" for t in job["targets"]):
+        raise ValidationError("drill", "every target of the job is an e-mail target: nothing to read back")
+    drill = {"interval": interval, "start": start, "target": target}
+    if interval != "manual" and job.get("interval") not in (None, "manual"):
+        from . import schedule  # local: schedule imports this module
+        same = schedule.clashes({"name": job["name"] + " (drill)", "interval": interval, "start": start},
+                                [{"name": job["name"], "interval": job["interval"], "start": job["start"]}])
+        if same:
+            raise ValidationError("drill.start", "%s would start at the same minute as the job's own run (start %s, "
+                                  "%s): choose another time" % (start, job["start"], job["interval"]))
+    return drill
 
 
 def _validate_encryption(value):
@@ -454,6 +503,11 @@ def argument_spec() -> dict:
         "defer": {"type": "raw", "default": "1h"},
         "retries": {"type": "int", "default": 3},
         "hooks": {"type": "dict", "options": {stage: {"type": "list", "elements": "raw"} for stage in hooks.STAGES}},
+        "drill": {"type": "dict", "options": {
+            "interval": {"type": "str", "choices": list(INTERVALS)},
+            "start": {"type": "str"},
+            "target": {"type": "raw"},
+        }},
     }
 
 
@@ -464,6 +518,7 @@ def params_to_raw(params: dict) -> dict:
         raw["targets"] = [{k: v for k, v in t.items() if v is not None} for t in raw["targets"]]
     if isinstance(raw.get("encryption"), dict):
         raw["encryption"] = {k: v for k, v in raw["encryption"].items() if v is not None}
-    if isinstance(raw.get("hooks"), dict):
-        raw["hooks"] = {k: v for k, v in raw["hooks"].items() if v is not None}
+    for key in ("hooks", "drill"):
+        if isinstance(raw.get(key), dict):
+            raw[key] = {k: v for k, v in raw[key].items() if v is not None}
     return raw

@@ -43,6 +43,27 @@ def write_status(settings: dict, result: dict) -> str:
         status["last_success"] = result.get("finished")
     else:
         status["last_success"] = (previous or {}).get("last_success")
+    for key in ("last_drill", "last_drill_success"):  # a run keeps what the last restore drill proved
+        if key not in status and (previous or {}).get(key) is not None:
+            status[key] = previous[key]
+    path = status_path(settings, job)
+    if not os.path.isdir(settings["status_dir"]):
+        os.makedirs(settings["status_dir"], mode=0o755, exist_ok=True)
+    atomic_write_json(path, status, mode=0o644)
+    return path
+
+
+def write_drill(settings: dict, job: str, drill: dict) -> str:
+    """Record a restore drill in <status_dir>/<job>.json (`last_drill`, and `last_drill_success` when it
+    passed), keeping the last run's result as it is."""
+    try:
+        status = read_status(settings, job) or {"job": job, "code": None, "targets": [], "last_success": None}
+    except SarError:
+        status = {"job": job, "code": None, "targets": [], "last_success": None}
+    status["format"] = STATUS_FORMAT
+    status["last_drill"] = drill
+    if drill.get("code") == "successful":
+        status["last_drill_success"] = drill.get("finished")
     path = status_path(settings, job)
     if not os.path.isdir(settings["status_dir"]):
         os.makedirs(settings["status_dir"], mode=0o755, exist_ok=True)
@@ -107,7 +128,8 @@ def prometheus_text(statuses: dict) -> str:
     `sar_backup_target_result{...,code=C}` for every code C of the vocabulary, 1 for the current
     one (an OpenMetrics stateset), plus `sar_backup_target_success` 0/1."""
     from .errors import CODES  # local: report stays importable on its own
-    rows: dict = {key: [] for key in ("success", "last", "ok", "bytes", "duration", "interval", "tsuccess", "tresult")}
+    rows: dict = {key: [] for key in ("success", "last", "ok", "bytes", "duration", "interval", "tsuccess", "tresult",
+                                      "dsuccess", "dok", "dinterval")}
     for name in sorted(statuses):
         status = statuses[name]
         if not status:
@@ -122,6 +144,13 @@ def prometheus_text(statuses: dict) -> str:
         rows["bytes"].append("sar_backup_archive_bytes{%s} %d" % (job, size))
         if status.get("interval") in INTERVAL_SECONDS:
             rows["interval"].append("sar_backup_schedule_interval_seconds{%s} %d" % (job, INTERVAL_SECONDS[status["interval"]]))
+        drill = status.get("last_drill")
+        if drill:
+            drilled = _epoch(status.get("last_drill_success"))
+            rows["dsuccess"].append("sar_backup_last_drill_success_timestamp_seconds{%s} %d" % (job, int(drilled) if drilled else 0))
+            rows["dok"].append("sar_backup_last_drill_success{%s} %d" % (job, 1 if drill.get("code") == "successful" else 0))
+            if drill.get("interval") in INTERVAL_SECONDS:
+                rows["dinterval"].append("sar_backup_drill_interval_seconds{%s} %d" % (job, INTERVAL_SECONDS[drill["interval"]]))
         for target in status.get("targets", []):
             where = _labels(backup_job=name, target=target.get("index", 0), type=target.get("type", ""),
                             location=target.get("location") or "")
@@ -145,6 +174,12 @@ def prometheus_text(statuses: dict) -> str:
     _metric(out, "sar_backup_target_result", "gauge",
             "The target's result code in the job's last run: 1 for that code, 0 for every other code (constant set).",
             rows["tresult"])
+    _metric(out, "sar_backup_last_drill_success_timestamp_seconds", "gauge",
+            "End of the job's last successful restore drill (0: never).", rows["dsuccess"])
+    _metric(out, "sar_backup_last_drill_success", "gauge", "1 when the job's last restore drill passed, else 0.",
+            rows["dok"])
+    _metric(out, "sar_backup_drill_interval_seconds", "gauge",
+            "Nominal seconds between the job's scheduled restore drills (0: manual).", rows["dinterval"])
     return "\n".join(out) + "\n"
 
 
@@ -165,12 +200,33 @@ def write_metrics(settings: dict, jobs: list, metrics_path: str) -> None:
 NAGIOS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 
 
-def nagios_status(statuses: dict, warn: int, crit: int, now: float, intervals: dict | None = None) -> tuple:
+def _drill_state(status: dict | None, drill_interval, now: float) -> tuple:
+    """(state, text) of a job's restore drills: CRITICAL when the last drill failed, WARNING when a job with a
+    scheduled drill has no successful one within twice its interval; (0, "") when the job has no drill."""
+    drill = (status or {}).get("last_drill")
+    if not drill and drill_interval in (None, "manual"):
+        return 0, ""
+    if drill and drill.get("code") != "successful":
+        return 2, "last drill %s at %s" % (drill.get("code"), drill.get("finished"))
+    passed = _epoch((status or {}).get("last_drill_success"))
+    if drill_interval not in (None, "manual"):
+        limit = 2 * INTERVAL_SECONDS[drill_interval]
+        if passed is None:
+            return 1, "no successful restore drill yet"
+        if now - passed > limit:
+            return 1, "last successful drill %s ago" % _human(int(now - passed))
+    return 0, "last drill passed %s ago" % _human(int(now - passed)) if passed else ""
+
+
+def nagios_status(statuses: dict, warn: int, crit: int, now: float, intervals: dict | None = None,
+                  drills: dict | None = None) -> tuple:
     """(exit code, text) per SPEC section 9: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 
     A failed last run is CRITICAL. Freshness applies to scheduled jobs only: one with no run yet
     is WARNING, a last success older than `warn` WARNING, older than `crit` CRITICAL. A `manual`
-    job (`intervals[name]`, else the status file's `interval`) is judged by its last run alone."""
+    job (`intervals[name]`, else the status file's `interval`) is judged by its last run alone.
+    Restore drills (`drills[name]`: the drill's interval): a failed last drill is CRITICAL, a job
+    with a scheduled drill and no successful one within twice its interval WARNING."""
     worst = 0
     parts = []
     perf = []
@@ -181,7 +237,7 @@ def nagios_status(statuses: dict, warn: int, crit: int, now: float, intervals: d
         status = statuses[name]
         interval = intervals.get(name) or (status or {}).get("interval")
         manual = interval == "manual"
-        if status is None:
+        if status is None or status.get("code") is None:  # never ran (a drill alone writes no run result)
             if not manual:
                 worst = max(worst, 1)
             parts.append("%s: %s" % (name, "manual, never run" if manual else "no run yet"))
@@ -206,6 +262,10 @@ def nagios_status(statuses: dict, warn: int, crit: int, now: float, intervals: d
             why += ", last success %s ago" % _human(age)
         if manual:
             why = "manual, " + why
+        dstate, dwhy = _drill_state(status, (drills or {}).get(name), now)
+        if dwhy:
+            state = max(state, dstate)
+            why += "; " + dwhy
         worst = max(worst, state)
         parts.append("%s: %s" % (name, why))
         perf.append("'%s_age'=%s;%d;%d;0" % (name, ("%ds" % age) if age is not None else "U", warn, crit))
@@ -214,12 +274,13 @@ def nagios_status(statuses: dict, warn: int, crit: int, now: float, intervals: d
     return worst, "%s - %s | %s" % (NAGIOS[worst], "; ".join(parts), " ".join(perf))
 
 
-def checkmk_local(statuses: dict, warn: int, crit: int, now: float, intervals: dict | None = None) -> str:
+def checkmk_local(statuses: dict, warn: int, crit: int, now: float, intervals: dict | None = None,
+                  drills: dict | None = None) -> str:
     """A Checkmk `<<<local>>>` section, one service per job (`sar-backup_<job>`), for sites without a
     STARFACE plugin: state, age/size/duration metrics and the same text as the Nagios check."""
     lines = ["<<<local>>>"]
     for name in sorted(statuses):
-        state, text = nagios_status({name: statuses[name]}, warn, crit, now, intervals)
+        state, text = nagios_status({name: statuses[name]}, warn, crit, now, intervals, drills)
         summary, _sep, perf = text.partition(" | ")
         metrics = []
         for item in perf.split():
@@ -305,6 +366,41 @@ def report_text(result: dict) -> tuple:
 def mail_report(settings: dict, job: dict, result: dict) -> None:
     from . import mailer  # local: the mailer is only needed when a report goes out
     subject, text, html = report_text(result)
+    smtp = settings.get("smtp") or {}
+    msg = mailer.build_message(mailer.sender_of(smtp), job["report_to"], subject, text, html=html)
+    mailer.send_message(smtp, msg)
+
+
+def drill_report_text(drill: dict) -> tuple:
+    """(subject, plain text, html) of a restore drill report; holds no secret."""
+    import html as html_mod  # local: only reports need it
+    ok = drill.get("code") == "successful"
+    archive = drill.get("archive") or {}
+    subject = "[sar-backup] restore drill of %s on %s: %s" % (drill["job"], drill.get("host"),
+                                                              "passed" if ok else "FAILED (%s)" % drill.get("code"))
+    checks = drill.get("checks") or {}
+    lines = [
+        "Restore drill of job: %s" % drill["job"],
+        "Host:        %s" % drill.get("host"),
+        "Started:     %s" % drill.get("started"),
+        "Duration:    %ss" % drill.get("seconds"),
+        "Result:      %s" % drill.get("code"),
+        "Target:      %s" % drill.get("target"),
+        "Archive:     %s (%s, sha256 %s)" % (archive.get("name") or "-", _size(archive.get("size")),
+                                             archive.get("sha256") or "-"),
+        "Checked:     %d table(s), %d file(s), %s" % (checks.get("tables", 0), checks.get("files", 0),
+                                                       _size(checks.get("bytes", 0))),
+    ]
+    if drill.get("error"):
+        lines.append("Error:       %s" % drill["error"])
+    text = "\n".join(lines) + "\n"
+    html = "<html><body><h3>%s</h3><pre>%s</pre></body></html>" % (html_mod.escape(subject), html_mod.escape(text))
+    return subject, text, html
+
+
+def mail_drill_report(settings: dict, job: dict, drill: dict) -> None:
+    from . import mailer  # local: the mailer is only needed when a report goes out
+    subject, text, html = drill_report_text(drill)
     smtp = settings.get("smtp") or {}
     msg = mailer.build_message(mailer.sender_of(smtp), job["report_to"], subject, text, html=html)
     mailer.send_message(smtp, msg)

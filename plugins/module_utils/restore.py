@@ -134,7 +134,8 @@ class Restore:
     def __init__(self, store, *, path: str | None = None, job: str | None = None, target: int = 0,
                  archive_name: str = "latest", data=None, passphrase: str | None = None, identities=None,
                  verify_only: bool = False, check_mode: bool = False, wait: float = 0, log=None,
-                 trusted_keys=None, trust: str = "signed", scratch_dir: str | None = None, wait_option: str = "wait"):
+                 trusted_keys=None, trust: str = "signed", scratch_dir: str | None = None, wait_option: str = "wait",
+                 lock_held: bool = False):
         if bool(path) == bool(job):
             raise ValidationError("path", "give either path (a .sar on the host) or job (and target, archive)")
         if archive_name != "latest" and not _ARCHIVE_NAME.match(archive_name or ""):
@@ -157,6 +158,8 @@ class Restore:
         self.log_func = log
         self.workdir = None
         self.wait_option = wait_option
+        self.lock_held = lock_held  # a drill holds the maintenance lock itself
+        self.scanned = None
         self.trust = signing.validate_trust(trust)
         signing.parse_trusted_keys(trusted_keys)  # refuse a bad key before anything is fetched
         self.trusted_keys = trusted_keys
@@ -306,7 +309,7 @@ class Restore:
     # -- 5./6. extract and swap -------------------------------------------------
     def execute(self) -> dict:
         lock = None
-        if not (self.path and (self.check_mode or self.verify_only)):
+        if not self.lock_held and not (self.path and (self.check_mode or self.verify_only)):
             # Staging (downloads, dumps) and the appliance's data belong to the lock's holder: a run
             # cleaning staging must never see our download as a killed run's leftover.
             lock = MaintenanceLock(self.settings["lock_path"], wait_option=self.wait_option)
@@ -322,7 +325,7 @@ class Restore:
     def _execute(self) -> dict:
         path, where = self.locate()
         self.log("verifying %s" % os.path.basename(path))
-        scanned = archive.scan(path, self.passphrase, self.identities)
+        scanned = self.scanned = archive.scan(path, self.passphrase, self.identities)
         trust = signing.check_trust(scanned.get("signature"), self.store.config_dir, self.trusted_keys, self.trust)
         if trust["signed"] and trust["trusted"]:
             self.log("signed by %s (%s)" % (trust["fingerprint"], trust["trusted_by"]))

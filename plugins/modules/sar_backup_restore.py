@@ -41,8 +41,8 @@ options:
     description:
       - With O(job), which of the job's targets to fetch the archive from, by index (V(0) = the first in O(job)'s
         C(targets) list). E-mail targets cannot be read back.
+      - Default V(0); with O(drill), the job's C(drill.target) (V(rotate) - the next target after the last drill's).
     type: int
-    default: 0
   archive:
     description:
       - With O(job), the archive's name (C(<job>_<host>_<YYYYMMDDTHHMMSSZ>.sar)) or V(latest), the newest one of the job on
@@ -100,6 +100,17 @@ options:
         profile (another appliance's layout), which is otherwise refused.
       - Must not overlap any profile path.
     type: path
+  drill:
+    description:
+      - A restore drill instead of a restore - the newest archive of O(job) is fetched from a target, verified, and
+        restored into isolation (file trees into a scratch folder under the staging directory, database dumps into a
+        scratch database created for the drill and dropped afterwards); then every table's row count is compared with
+        the count recorded at backup time and every restored file's SHA-256 with the archive's. Nothing of the
+        appliance is changed. The result goes to the job's status file (C(last_drill)), the metrics and, on failure, the
+        report mail. Not run in check mode.
+      - Needs O(job); O(path), O(data), O(scratch_dir) and an O(archive) other than V(latest) do not apply.
+    type: bool
+    default: false
 notes:
   - Where restored data goes is decided by this host's profile (O(config_dir)'s settings), never by the archive - a
     tree goes to the profile path of its category and index, a dump into the profile's database and only into the tables
@@ -142,6 +153,11 @@ EXAMPLES = r"""
     path: /root/pbx-old_nightly.sar
     trust: any
     scratch_dir: /root/restore-look
+
+- name: Prove that the newest archive of job nightly restores (a drill; the appliance is not changed)
+  sar.backup.sar_backup_restore:
+    job: nightly
+    drill: true
 
 - name: Check an encrypted archive copied to the host, restore nothing
   sar.backup.sar_backup_restore:
@@ -238,6 +254,16 @@ restored:
     size:
       description: Bytes.
       type: int
+drill:
+  description: With O(drill), the drill record (also in the status file as C(last_drill)) - C(code), C(target),
+    C(archive), C(tables) (per table C(rows) restored and C(recorded) at backup time), C(trees) (files and bytes
+    checked), C(checks) (totals), C(seconds), C(error).
+  returned: with O(drill)
+  type: dict
+checks:
+  description: With O(drill), the totals checked - C(tables), C(files), C(bytes).
+  returned: with O(drill)
+  type: dict
 scratch_dir:
   description: The scratch directory restored into, or null.
   returned: success
@@ -270,7 +296,7 @@ def main():
         "config_dir": {"type": "path"},
         "path": {"type": "path"},
         "job": {"type": "str"},
-        "target": {"type": "int", "default": 0},
+        "target": {"type": "int"},
         "archive": {"type": "str", "default": "latest"},
         "data": {"type": "list", "elements": "str", "choices": list(CATEGORIES)},
         "verify_only": {"type": "bool", "default": False},
@@ -280,6 +306,7 @@ def main():
         "trust": {"type": "str", "choices": ["signed", "any"], "default": "signed"},
         "trusted_keys": {"type": "list", "elements": "str", "no_log": False},
         "scratch_dir": {"type": "path"},
+        "drill": {"type": "bool", "default": False},
     }
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
                            mutually_exclusive=[("path", "job"), ("passphrase", "identity")],

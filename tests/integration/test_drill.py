@@ -1,0 +1,121 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Restore drills (plugins/module_utils/drill.py) against a real PostgreSQL cluster and real trees: the
+newest archive restores into a scratch database and a scratch folder, its checks pass, the live database
+and trees are byte for byte what they were (also after a drill that fails halfway), targets rotate,
+leftovers of killed drills go, and the result reaches the status file, the metrics and `sar-backup status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from harness import appliance as sample
+from harness.playbook import run_playbook
+
+from ansible_collections.sar.backup.plugins.module_utils.job import validate_job
+
+import pytest
+
+from test_restore import Pbx  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture
+def pbx(tmp_path, appliance):
+    box = Pbx(tmp_path, appliance.cluster)
+    try:
+        yield box
+    finally:
+        appliance.cluster.psql("DROP DATABASE IF EXISTS %s" % box.db)
+
+
+def drill_job(pbx, tmp_path, **over):
+    second = tmp_path / "second-disk"
+    second.mkdir(exist_ok=True)
+    raw = {"name": "nightly", "data": ["core", "cdr_voicemail", "announcements"], "interval": "daily",
+           "start": "2026-01-01 02:30", "targets": [{"type": "local"}, {"type": "local", "path": str(second)}],
+           "drill": {"interval": "weekly", "start": "2026-01-04 05:00"}}
+    raw.update(over)
+    pbx.store.write_job(validate_job(raw))
+
+
+def databases(cluster) -> list:
+    return sorted(n for n in cluster.psql("SELECT datname FROM pg_database").split() if n.startswith("sar_drill"))
+
+
+def status(pbx) -> dict:
+    with open(os.path.join(pbx.settings["status_dir"], "nightly.json")) as handle:
+        return json.load(handle)
+
+
+def test_drill_proves_the_newest_archive_and_touches_nothing_live(pbx, tmp_path, capsys):
+    drill_job(pbx, tmp_path)
+    assert pbx.sar("run", "nightly") == 0
+    pbx.change()  # live data moves on after the backup: the drill must neither see nor touch it
+    live = pbx.snapshot()
+    # A scratch database a killed drill left behind.
+    pbx.cluster.psql("CREATE DATABASE sar_drill_nightly_20200101000000")
+    capsys.readouterr()
+    assert pbx.sar("drill", "nightly") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK nightly: restore drill from target 0")
+    assert re.search(r"table public\.users\s+\d+ rows", out) and "tree  files/announcements/0" in out
+    assert pbx.snapshot() == live
+    assert databases(pbx.cluster) == []                    # its own scratch database and the leftover are gone
+    assert [n for n in os.listdir(pbx.settings["staging_dir"]) if not n.startswith(".lock")] == []
+    st = status(pbx)
+    drill = st["last_drill"]
+    assert drill["code"] == "successful" and drill["target"] == 0 and st["last_drill_success"] == drill["finished"]
+    assert drill["checks"]["tables"] == len(sample.CORE_TABLES) + len(sample.CDR_TABLES)
+    assert drill["checks"]["files"] > 0 and all(t["ok"] for t in drill["tables"] + drill["trees"])
+    assert st["code"] == "successful"                      # the run's own result is kept
+    metrics = open(os.path.join(pbx.settings["status_dir"], "sar_backup.prom")).read()
+    assert re.search(r'^sar_backup_last_drill_success\{backup_job="nightly"\} 1$', metrics, re.M)
+    assert re.search(r'^sar_backup_last_drill_success_timestamp_seconds\{backup_job="nightly"\} [1-9]\d+$', metrics, re.M)
+    assert pbx.sar("status") == 0
+    assert "last drill passed" in capsys.readouterr().out
+
+    # rotate: the next drill proves the other target's copy, then back to the first.
+    assert pbx.sar("drill", "nightly") == 0
+    assert status(pbx)["last_drill"]["target"] == 1
+    assert pbx.sar("drill", "nightly") == 0
+    assert status(pbx)["last_drill"]["target"] == 0
+    assert pbx.snapshot() == live
+
+
+def test_a_drill_failing_halfway_changes_nothing_and_is_critical(pbx, tmp_path, capsys):
+    drill_job(pbx, tmp_path)
+    assert pbx.sar("run", "nightly") == 0
+    live = pbx.snapshot()
+    # The trees are restored into scratch, then the database part fails (a restore role that does not exist).
+    settings = json.loads(json.dumps(pbx.settings))
+    settings["profile"]["database"]["restore_role"] = "no_such_role_for_drills"
+    pbx.store.write_settings(settings)
+    capsys.readouterr()
+    assert pbx.sar("drill", "nightly") == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAILED nightly")
+    assert pbx.snapshot() == live
+    assert databases(pbx.cluster) == []
+    assert [n for n in os.listdir(pbx.settings["staging_dir"]) if n.startswith(".drill")] == []
+    drill = status(pbx)["last_drill"]
+    assert drill["code"] != "successful" and drill["error"]
+    assert pbx.sar("status") == 2
+    assert "last drill" in capsys.readouterr().out
+
+
+def test_module_drill(pbx, tmp_path):
+    drill_job(pbx, tmp_path, targets=[{"type": "local"}])
+    assert pbx.sar("run", "nightly") == 0
+    result = run_playbook([
+        {"name": "Drill", "sar.backup.sar_backup_restore": {"config_dir": pbx.store.config_dir, "job": "nightly",
+                                                            "drill": True}, "register": "d"},
+        {"name": "Drill, check mode", "sar.backup.sar_backup_restore": {"config_dir": pbx.store.config_dir,
+                                                                        "job": "nightly", "drill": True},
+         "check_mode": True},
+    ], str(tmp_path))
+    assert result.rc == 0, result.stdout + result.stderr
+    res = result.results()["Drill"]
+    assert res["changed"] is False and res["code"] == "successful" and res["verified"] is True
+    assert res["checks"]["tables"] > 0 and res["drill"]["target"] == 0
+    assert result.results()["Drill, check mode"]["skipped"] is True
