@@ -46,7 +46,7 @@ def promtool(*args, cwd=None):
 def test_rules_load_in_promtool():
     proc = promtool("check", "rules", RULES)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 4 rules found" in proc.stdout
+    assert "SUCCESS: 6 rules found" in proc.stdout
 
 
 def series_of(statuses: dict) -> list:
@@ -69,6 +69,10 @@ def test_rules_fire_on_the_metrics_we_write(tmp_path):
         "fresh": status(),                                            # nothing fires
         "adhoc": status(code="successful", interval="manual", success_age=90 * 24 * HOUR),  # manual: no freshness
         "never": status(code="diskFull", success_age=None),           # never succeeded: failed and stale
+        "drilled": dict(status(), last_drill={"code": "successful", "interval": "weekly"},
+                        last_drill_success=iso(EVAL - 2 * HOUR)),     # a fresh successful drill: nothing fires
+        "baddrill": dict(status(), last_drill={"code": "verifyFailed", "interval": "weekly"},
+                         last_drill_success=iso(EVAL - 15 * 24 * HOUR)),  # failed, and no success for 15 days
     }
     labels = {"instance": "pbx01", "job": "node"}
     with open(RULES, encoding="utf-8") as handle:
@@ -89,6 +93,8 @@ def test_rules_fire_on_the_metrics_we_write(tmp_path):
         alerts("SarBackupTargetFailed", ["failing", "never"], target),
         alerts("SarBackupStale", ["ancient", "failing", "never"]),
         alerts("SarBackupStaleCritical", ["ancient", "never"]),
+        alerts("SarBackupDrillFailed", ["baddrill"]),
+        alerts("SarBackupDrillStale", ["baddrill"]),
     ]}
     tests = {"rule_files": [RULES], "evaluation_interval": "1m", "tests": [case]}
     path = tmp_path / "rules_test.yml"
