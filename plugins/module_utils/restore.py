@@ -24,7 +24,6 @@ categories are not touched."""
 from __future__ import annotations
 
 import grp
-import json
 import os
 import pwd
 import re
@@ -40,7 +39,6 @@ from .lock import MaintenanceLock
 from .targets import job_target
 from .targets.base import CHUNK, archive_pattern
 
-_MAX_LINKS_JSON = 64 * 1024 * 1024
 _ARCHIVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_[A-Za-z0-9-]+_\d{8}T\d{6}Z\.sar$")
 
 
@@ -382,7 +380,6 @@ class Restore:
     def apply(self, path: str, plan: list, scanned: dict) -> None:
         dumps = [e for e in plan if e["kind"] == sources.KIND_DB]
         trees = [e for e in plan if e["kind"] == sources.KIND_FILES]
-        members = {m["name"] for m in scanned["members"]}
         routes = {}
         fresh = {}  # origin -> the directory the archived tree is extracted into
         links = {}  # origin -> staging file of its links member
@@ -412,13 +409,12 @@ class Restore:
                 os.makedirs(parent, 0o700 if self.scratch_dir else 0o755, exist_ok=True)
                 fresh[origin] = tempfile.mkdtemp(prefix=".%s.sar-restore-" % os.path.basename(origin), dir=parent)
                 routes[e["member"]] = fresh[origin]
-                if e["member"] + archive.LINKS_SUFFIX in members:
-                    links[origin] = os.path.join(self.staging(), "links-%d.json" % len(links))
-                    routes[e["member"] + archive.LINKS_SUFFIX] = links[origin]
+                if (scanned.get("links") or {}).get(e["member"]):
+                    links[origin] = scanned["links"][e["member"]]  # parsed and checked by the scan
             self.log("extracting %d tree(s) and %d database dump(s)" % (len(trees), len(dumps)))
             archive.extract_routed(path, routes, self.passphrase, self.identities, scanned=scanned)
             for origin, links_file in links.items():
-                _recreate_links(fresh[origin], links_file)
+                _recreate_links(fresh[origin], links_file)  # the scan's checked entries
             for e in dumps:
                 if not self.scratch_dir:  # refused before any tree is swapped (restore_dumps checks again)
                     os.unlink(dumpguard.check_dump(routes[e["member"]], e["category"], self.settings["profile"],
@@ -500,23 +496,14 @@ def _remove_tree(path: str) -> None:
         os.unlink(path)
 
 
-def _recreate_links(root: str, links_file: str) -> None:
-    """The tree's symlinks that point out of it (archive member <tree>.links.json), created inside `root` only:
-    never through another symlink, never over a directory."""
-    with open(links_file, "rb") as handle:
-        data = handle.read(_MAX_LINKS_JSON + 1)
-    try:
-        entries = json.loads(data.decode("utf-8", "surrogateescape"))
-    except ValueError:
-        entries = None
-    if not isinstance(entries, list) or len(data) > _MAX_LINKS_JSON:
-        raise SarError("the links member of %s is not a JSON list" % root, errors.VERIFY_FAILED)
+def _recreate_links(root: str, entries: list) -> None:
+    """The tree's symlinks that point out of it (archive member <tree>.links.json, parsed and checked by
+    archive.parse_links during the scan), created inside `root` only: never through another symlink,
+    never over anything already there."""
     as_root = os.geteuid() == 0
     for entry in entries:
-        rel = entry.get("path") if isinstance(entry, dict) else None
-        parts = rel.split("/") if isinstance(rel, str) else []
-        if not parts or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or not entry.get("target"):
-            raise SarError("unsafe link entry %r in the links member of %s" % (entry, root), errors.VERIFY_FAILED)
+        rel = entry["path"]
+        parts = rel.split("/")
         where = root
         for part in parts[:-1]:
             where = os.path.join(where, part)

@@ -158,9 +158,12 @@ def test_bad_identity_message_hides_the_key():
 def test_scrypt_work_factor_limit():
     blob = _encrypt(b"data", passphrase="p")
     assert b" 10\n" in blob[:100]
-    # 2^23 would need 8 GiB: refused from the header, before any scrypt work.
+    # 2^23 would need 8 GiB: refused from the header, before any scrypt work; so is anything above what we
+    # write (2^18, 256 MiB): a crafted archive's 2^19 (512 MiB) too.
     with pytest.raises(ArchiveError, match="work factor 2\\^23"):
         _decrypt(blob.replace(b" 10\n", b" 23\n", 1), passphrase="p")
+    with pytest.raises(ArchiveError, match="work factor 2\\^19"):
+        _decrypt(blob.replace(b" 10\n", b" 19\n", 1), passphrase="p")
     with pytest.raises(ArchiveError, match="malformed"):
         _decrypt(blob.replace(b" 10\n", b" 010\n", 1), passphrase="p")
 

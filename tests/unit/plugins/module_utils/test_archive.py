@@ -24,9 +24,25 @@ from ansible_collections.sar.backup.plugins.module_utils import agecrypt, archiv
 from ansible_collections.sar.backup.plugins.module_utils.errors import ArchiveError, SourceError
 
 PASSPHRASE = "a long enough passphrase"
-MANIFEST = {"format": 1, "job": "nightly", "host": "pbx", "created": "2024-05-01T02:00:00+00:00",
-            "categories": ["core"], "sources": [], "compression": "zstd", "encrypted": False, "tool": "sar-backup test"}
 MTIME = 1700000000
+
+
+def _manifest(*members, sizes=None) -> dict:
+    """A valid manifest whose sources are `members` (db/<cat>.pgdump or files/<cat>/<index>)."""
+    sources = []
+    for member in members:
+        cat = member.split("/")[1].split(".")[0]
+        kind = "postgresql" if member.startswith("db/") else "files"
+        origin = "postgresql://sar@/var/run/postgresql:5432/pbx" if kind == "postgresql" else "/srv/" + member
+        sources.append({"category": cat, "kind": kind, "origin": origin, "member": member,
+                        "size": (sizes or {}).get(member), "files": None})
+    cats = [c for c in ("core", "cdr_voicemail", "announcements") if c in {s["category"] for s in sources}] or ["core"]
+    return {"format": 1, "job": "nightly", "host": "pbx", "created": "2024-05-01T02:00:00+00:00",
+            "categories": cats, "sources": sources, "compression": "zstd", "encrypted": False, "tool": "sar-backup test"}
+
+
+# What _build() puts in: a dump and a tree (format 1 manifests are still read).
+MANIFEST = _manifest("db/core.pgdump", "files/core/0", sizes={"db/core.pgdump": 5005})
 
 
 @pytest.fixture(autouse=True)
@@ -214,8 +230,9 @@ def test_checksum_lines_escape_like_coreutils():
 
 def test_select_prefixes_and_open_members(tmp_path, tree):
     sar = tmp_path / "x.sar"
+    manifest = _manifest("files/core/1", "files/core/10", "db/core.pgdump")
     with archive.ArchiveWriter(str(sar), compression="gzip") as writer:
-        writer.add_manifest(MANIFEST)
+        writer.add_manifest(manifest)
         writer.add_tree("files/core/1", str(tree / "sub" / "deeper"))
         writer.add_tree("files/core/10", str(tree / "empty-dir"))
         writer.add_bytes("db/core.pgdump", b"dump")
@@ -223,7 +240,7 @@ def test_select_prefixes_and_open_members(tmp_path, tree):
     dest.mkdir()
     done = archive.extract(str(sar), str(dest), select=["files/core/1", "manifest.json", "checksums.sha256"])
     assert done == ["manifest.json", "files/core/1", "files/core/1/space name.wav", "checksums.sha256"]
-    assert json.loads((dest / "manifest.json").read_text()) == MANIFEST
+    assert json.loads((dest / "manifest.json").read_text()) == manifest
     assert b"  files/core/1/space name.wav\n" in (dest / "checksums.sha256").read_bytes()
     assert not (dest / "files" / "core" / "10").exists() and not (dest / "db").exists()
     assert oct(stat.S_IMODE(os.stat(str(dest / "files" / "core" / "1")).st_mode)) == oct(0o750)
@@ -244,10 +261,14 @@ def test_writer_rules(tmp_path, tree):
     writer = archive.ArchiveWriter(str(sar))
     with pytest.raises(ValueError, match="first"):
         writer.add_bytes("x", b"1")
-    writer.add_manifest({})
-    with pytest.raises(ValueError, match="first"):
+    with pytest.raises(ValueError, match="manifest.json: field format is missing"):
         writer.add_manifest({})
-    for bad in ("../x", "/etc/x", "a/../../b", "manifest.json", "checksums.sha256"):
+    writer.add_manifest(MANIFEST)
+    with pytest.raises(ValueError, match="first"):
+        writer.add_manifest(MANIFEST)
+    with pytest.raises(ValueError, match="belongs to no source"):
+        writer.add_bytes("files/cdr_voicemail/0/x", b"1")
+    for bad in ("../x", "/etc/x", "a/../../b", "a/./b", "a//b", "manifest.json", "checksums.sha256", "signature.ed25519"):
         with pytest.raises(ValueError):
             writer.add_bytes(bad, b"1")
     with pytest.raises(SourceError, match="not a directory"):
@@ -262,7 +283,7 @@ def test_writer_rules(tmp_path, tree):
 def test_abort_after_close_keeps_the_archive(tmp_path):
     sar = tmp_path / "x.sar"
     writer = archive.ArchiveWriter(str(sar), compression="gzip")
-    writer.add_manifest({})
+    writer.add_manifest(_manifest())
     info = writer.close()
     writer.abort()
     assert sar.exists() and writer.close() == info
@@ -274,8 +295,8 @@ def test_exception_in_with_removes_partial_file(tmp_path):
     sar = tmp_path / "x.sar"
     with pytest.raises(RuntimeError):
         with archive.ArchiveWriter(str(sar)) as writer:
-            writer.add_manifest({})
-            writer.add_bytes("a", b"x" * 100000)
+            writer.add_manifest(_manifest("db/core.pgdump"))
+            writer.add_bytes("db/core.pgdump", b"x" * 100000)
             raise RuntimeError("boom")
     assert not sar.exists()
 
@@ -289,9 +310,9 @@ def test_file_shrinking_while_read_is_a_source_error(tmp_path):
             handle.truncate(archive.COPY_CHUNK)
 
     writer = archive.ArchiveWriter(str(tmp_path / "x.sar"))
-    writer.add_manifest({})
+    writer.add_manifest(_manifest("db/core.pgdump"))
     with pytest.raises(SourceError, match="growing.log shrank"):
-        writer.add_file("files/x/0/growing.log", str(src), progress=shrink)
+        writer.add_file("db/core.pgdump", str(src), progress=shrink)
     writer.abort()
 
 
@@ -308,13 +329,13 @@ def test_file_growing_while_read_keeps_the_stat_size(tmp_path):
 
     sar = tmp_path / "x.sar"
     with archive.ArchiveWriter(str(sar)) as writer:
-        writer.add_manifest({})
-        assert writer.add_file("db/growing", str(src), progress=grow) == len(original)
+        writer.add_manifest(_manifest("db/core.pgdump", sizes={"db/core.pgdump": len(original)}))
+        assert writer.add_file("db/core.pgdump", str(src), progress=grow) == len(original)
     assert sum(calls) == len(original)
     dest = tmp_path / "out"
     dest.mkdir()
     archive.extract(str(sar), str(dest))
-    assert (dest / "db" / "growing").read_bytes() == original
+    assert (dest / "db" / "core.pgdump").read_bytes() == original
 
 
 # ---------------------------------------------------------------- damage
@@ -414,12 +435,18 @@ def _member(name, data=None, **attrs):
     return info, data
 
 
+TREE_MANIFEST = _manifest("files/core/0")
+TREE_MANIFEST_BYTES = json.dumps(TREE_MANIFEST).encode()
+TREE = [_member("files/core/0", type=tarfile.DIRTYPE, mode=0o755)]
+
+
 def _handmade(path, members, manifest=True, checksums=True, sums=None, compression="zstd"):
-    """A .sar built without archive.py, so any structure (and any attack) can be expressed."""
+    """A .sar built without archive.py, so any structure (and any attack) can be expressed.
+    manifest=True: TREE_MANIFEST (one tree, files/core/0: the members give its directory, TREE)."""
     buf = io.BytesIO()
     listed = []
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        entries = ([_member("manifest.json", b"{}")] if manifest else []) + list(members)
+        entries = ([_member("manifest.json", TREE_MANIFEST_BYTES)] if manifest else []) + list(members)
         for info, data in entries:
             if data is not None:
                 info.size = len(data)
@@ -439,31 +466,33 @@ def _handmade(path, members, manifest=True, checksums=True, sums=None, compressi
     return str(path)
 
 
+T = "files/core/0/"  # inside the hand-made archives' tree
 EVIL = {
     "dotdot": [_member("../x", b"evil")],
-    "dotdot-inside": [_member("files/a/../../../x", b"evil")],
+    "dotdot-inside": [_member(T + "a/../../../x", b"evil")],
     "absolute": [_member("/etc/x", b"evil")],
-    "symlink-absolute": [_member("files/passwd", type=tarfile.SYMTYPE, linkname="/etc/passwd")],
-    "symlink-up": [_member("files/up", type=tarfile.SYMTYPE, linkname="../../x")],
+    "symlink-absolute": [_member(T + "passwd", type=tarfile.SYMTYPE, linkname="/etc/passwd")],
+    "symlink-up": [_member(T + "up", type=tarfile.SYMTYPE, linkname="../../x")],
     # y/x -> .. is harmless alone; z -> y/x/.. then climbs above the root through it.
-    "symlink-chain": [_member("y", type=tarfile.DIRTYPE), _member("y/x", type=tarfile.SYMTYPE, linkname=".."),
-                      _member("z", type=tarfile.SYMTYPE, linkname="y/x/..")],
+    "symlink-chain": [_member(T + "y", type=tarfile.DIRTYPE), _member(T + "y/x", type=tarfile.SYMTYPE, linkname=".."),
+                      _member(T + "z", type=tarfile.SYMTYPE, linkname="y/x/..")],
     # Safe when added (b was no link yet); a later link b -> . makes a climb above the root.
-    "symlink-late": [_member("a", type=tarfile.SYMTYPE, linkname="b/.."), _member("b", type=tarfile.SYMTYPE, linkname=".")],
+    "symlink-late": [_member(T + "a", type=tarfile.SYMTYPE, linkname="b/.."),
+                     _member(T + "b", type=tarfile.SYMTYPE, linkname=".")],
     # The classic: a harmless-looking link, then a file written through it.
-    "through-symlink": [_member("d", type=tarfile.SYMTYPE, linkname="."), _member("d/f", b"evil")],
-    "hardlink-up": [_member("files/h", type=tarfile.LNKTYPE, linkname="../x")],
-    "hardlink-absolute": [_member("files/h", type=tarfile.LNKTYPE, linkname="/etc/passwd")],
-    "chardev": [_member("files/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)],
-    "blockdev": [_member("files/sda", type=tarfile.BLKTYPE, devmajor=8, devminor=0)],
-    "fifo": [_member("files/pipe", type=tarfile.FIFOTYPE)],
+    "through-symlink": [_member(T + "d", type=tarfile.SYMTYPE, linkname="."), _member(T + "d/f", b"evil")],
+    "hardlink-up": [_member(T + "h", type=tarfile.LNKTYPE, linkname="../x")],
+    "hardlink-absolute": [_member(T + "h", type=tarfile.LNKTYPE, linkname="/etc/passwd")],
+    "chardev": [_member(T + "null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)],
+    "blockdev": [_member(T + "sda", type=tarfile.BLKTYPE, devmajor=8, devminor=0)],
+    "fifo": [_member(T + "pipe", type=tarfile.FIFOTYPE)],
 }
 
 
 @pytest.mark.parametrize("case", sorted(EVIL))
 def test_unsafe_members_refused_and_nothing_written(tmp_path, case):
     # A harmless member first: it must not be written either.
-    sar = _handmade(tmp_path / "evil.sar", [_member("files/ok.txt", b"fine")] + EVIL[case])
+    sar = _handmade(tmp_path / "evil.sar", TREE + [_member(T + "ok.txt", b"fine")] + EVIL[case])
     with pytest.raises(ArchiveError, match="unsafe archive member"):
         archive.verify(sar)
     dest = tmp_path / "dest"
@@ -475,23 +504,24 @@ def test_unsafe_members_refused_and_nothing_written(tmp_path, case):
 
 
 def test_safe_links_are_extracted(tmp_path):
-    sar = _handmade(tmp_path / "ok.sar", [
-        _member("files", type=tarfile.DIRTYPE, mode=0o755), _member("files/a", b"data", mode=0o644),
-        _member("files/rel", type=tarfile.SYMTYPE, linkname="a"),
-        _member("files/sub", type=tarfile.DIRTYPE, mode=0o700),
-        _member("files/sub/up", type=tarfile.SYMTYPE, linkname="../a"),
-        _member("files/hard", type=tarfile.LNKTYPE, linkname="files/a")])
+    sar = _handmade(tmp_path / "ok.sar", TREE + [
+        _member(T + "a", b"data", mode=0o644),
+        _member(T + "rel", type=tarfile.SYMTYPE, linkname="a"),
+        _member(T + "sub", type=tarfile.DIRTYPE, mode=0o700),
+        _member(T + "sub/up", type=tarfile.SYMTYPE, linkname="../a"),
+        _member(T + "hard", type=tarfile.LNKTYPE, linkname=T + "a")])
     archive.verify(sar)
     dest = tmp_path / "dest"
     dest.mkdir()
     archive.extract(sar, str(dest))
-    assert (dest / "files" / "sub" / "up").read_bytes() == b"data"
-    assert os.readlink(str(dest / "files" / "rel")) == "a"
-    assert os.stat(str(dest / "files" / "hard")).st_ino == os.stat(str(dest / "files" / "a")).st_ino
+    files = dest / "files" / "core" / "0"
+    assert (files / "sub" / "up").read_bytes() == b"data"
+    assert os.readlink(str(files / "rel")) == "a"
+    assert os.stat(str(files / "hard")).st_ino == os.stat(str(files / "a")).st_ino
 
 
 def test_symlink_in_destination_is_not_followed(tmp_path):
-    sar = _handmade(tmp_path / "ok.sar", [_member("files/a", b"data")])
+    sar = _handmade(tmp_path / "ok.sar", TREE + [_member(T + "a", b"data")])
     dest, outside = tmp_path / "dest", tmp_path / "outside"
     dest.mkdir()
     outside.mkdir()
@@ -512,25 +542,26 @@ def test_symlink_in_destination_is_not_followed(tmp_path):
 ])
 def test_structure_violations(tmp_path, kind, pattern):
     path = tmp_path / "s.sar"
-    good = [_member("files/a", b"data")]
+    good = TREE + [_member(T + "a", b"data")]
+    manifest_sum = hashlib.sha256(TREE_MANIFEST_BYTES).hexdigest()
     if kind == "no-manifest":
         sar = _handmade(path, good, manifest=False)
     elif kind == "no-checksums":
         sar = _handmade(path, good, checksums=False)
     elif kind == "unlisted":
-        sar = _handmade(path, good, sums=[("manifest.json", hashlib.sha256(b"{}").hexdigest())])
+        sar = _handmade(path, good, sums=[("manifest.json", manifest_sum)])
     elif kind == "listed-not-present":
-        sar = _handmade(path, good, sums=[("manifest.json", hashlib.sha256(b"{}").hexdigest()),
-                                          ("files/a", hashlib.sha256(b"data").hexdigest()), ("files/b", "0" * 64)])
+        sar = _handmade(path, good, sums=[("manifest.json", manifest_sum),
+                                          (T + "a", hashlib.sha256(b"data").hexdigest()), (T + "b", "0" * 64)])
     elif kind == "wrong-digest":
-        sar = _handmade(path, good, sums=[("manifest.json", hashlib.sha256(b"{}").hexdigest()),
-                                          ("files/a", hashlib.sha256(b"DATA").hexdigest())])
+        sar = _handmade(path, good, sums=[("manifest.json", manifest_sum),
+                                          (T + "a", hashlib.sha256(b"DATA").hexdigest())])
     elif kind == "bad-manifest":
         sar = _handmade(path, [_member("manifest.json", b"[1, 2]")], manifest=False)
     else:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name, data in (("manifest.json", b"{}"), ("checksums.sha256", b""), ("files/late", b"x")):
+            for name, data in (("manifest.json", TREE_MANIFEST_BYTES), ("checksums.sha256", b""), (T + "late", b"x")):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -548,6 +579,12 @@ MEMORY_SCRIPT = textwrap.dedent("""
     agecrypt.SCRYPT_LOG_N = 10
     work, phase = sys.argv[1], sys.argv[2]
     enc = {"passphrase": "passphrase!", "recipients": None}
+
+    def manifest(size):
+        return {"format": 2, "job": "big", "host": "pbx", "created": "2024-05-01T02:00:00+00:00", "categories": ["core"],
+                "compression": "zstd", "encrypted": True, "encryption": "passphrase", "tool": "test",
+                "sources": [{"category": "core", "kind": "postgresql", "origin": "db", "member": "db/core.pgdump",
+                             "size": size, "files": 1}]}
     src, sar, small = (os.path.join(work, n) for n in ("big.bin", "big.sar", "small.sar"))
 
     def peak():
@@ -564,8 +601,8 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
     # Warm up every layer on a small archive so that library code and tables count as baseline.
     with archive.ArchiveWriter(small, compression="zstd", encryption=enc) as writer:
-        writer.add_manifest({})
-        writer.add_bytes("x", b"x" * 1000)
+        writer.add_manifest(manifest(1000))
+        writer.add_bytes("db/core.pgdump", b"x" * 1000)
     archive.verify(small, passphrase="passphrase!")
     if phase == "write":
         with open(src, "wb") as handle:
@@ -574,8 +611,8 @@ MEMORY_SCRIPT = textwrap.dedent("""
             handle.write(bytes(16 * 1024 * 1024))  # zeros: a tiny input expanding to a lot of output when read
         base = peak()
         with archive.ArchiveWriter(sar, compression="zstd", encryption=enc) as writer:
-            writer.add_manifest({})
-            writer.add_file("db/big.bin", src)
+            writer.add_manifest(manifest(96 * 1024 * 1024))
+            writer.add_file("db/core.pgdump", src)
     else:
         base = peak()
         info = archive.verify(sar, passphrase="passphrase!")
@@ -583,7 +620,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
         dest = os.path.join(work, "out")
         os.mkdir(dest)
         archive.extract(sar, dest, passphrase="passphrase!")
-        assert os.path.getsize(os.path.join(dest, "db", "big.bin")) == 96 * 1024 * 1024
+        assert os.path.getsize(os.path.join(dest, "db", "core.pgdump")) == 96 * 1024 * 1024
     print(base, peak())
 """)
 
