@@ -388,8 +388,8 @@ def drill_report_text(drill: dict) -> tuple:
         "Target:      %s" % drill.get("target"),
         "Archive:     %s (%s, sha256 %s)" % (archive.get("name") or "-", _size(archive.get("size")),
                                              archive.get("sha256") or "-"),
-        "Checked:     %d table(s), %d file(s), %s" % (checks.get("tables", 0), checks.get("files", 0),
-                                                       _size(checks.get("bytes", 0))),
+        "Checked:     %d table(s), %d file(s), %s" % (
+            checks.get("tables", 0), checks.get("files", 0), _size(checks.get("bytes", 0))),
     ]
     if drill.get("error"):
         lines.append("Error:       %s" % drill["error"])

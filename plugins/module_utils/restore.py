@@ -328,8 +328,8 @@ class Restore:
         if trust["signed"] and trust["trusted"]:
             self.log("signed by %s (%s)" % (trust["fingerprint"], trust["trusted_by"]))
         else:
-            self.log("%s, accepted because trust is any" % ("signed by an unknown key %s" % trust["fingerprint"]
-                                                             if trust["signed"] else "not signed"))
+            self.log("%s, accepted because trust is any"
+                     % ("signed by an unknown key %s" % trust["fingerprint"] if trust["signed"] else "not signed"))
         manifest = scanned["manifest"]
         info = {"name": os.path.basename(path), "path": path if not self.workdir or not path.startswith(self.workdir) else None,
                 "size": scanned["size"], "sha256": scanned["sha256"], "created": manifest.get("created"),

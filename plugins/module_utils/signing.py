@@ -266,7 +266,7 @@ def check_trust(signature: dict | None, config_dir: str | None, trusted_keys=Non
         return info
     if signature is None:
         raise TrustError("the archive is not signed, so nothing proves which host made it; restoring another "
-                           "appliance's or an old unsigned archive needs trust: any (sar-backup --trust any)")
+                         "appliance's or an old unsigned archive needs trust: any (sar-backup --trust any)")
     raise TrustError("the archive is signed by a key this host does not trust (%s, %s); pass that host's public "
-                       "key in trusted_keys (sar-backup --trusted-key), or trust: any"
-                       % (signature["fingerprint"], signature["public_key"]))
+                     "key in trusted_keys (sar-backup --trusted-key), or trust: any"
+                     % (signature["fingerprint"], signature["public_key"]))

@@ -214,7 +214,7 @@ archive:
           description: The signer key's fingerprint (C(SHA256:...)), or null.
           type: str
         trusted_by:
-          description: C(this host's key), C(trusted_keys) or C(trust: any).
+          description: "How it was accepted - C(this host's key), C(trusted_keys) or C(trust: any)."
           type: str
     from:
       description: With O(job), the target it came from (C(job), C(target), C(type), C(location), C(name)); else null.
