@@ -135,8 +135,9 @@ def run_one(hook: dict, env: dict, workdir: str | None = None) -> dict:
         size = output.seek(0, os.SEEK_END)
         output.seek(max(0, size - OUTPUT_TAIL))
         result["output"] = output.read().decode("utf-8", "replace")
-    if result["error"] is None and result["rc"] != 0:
-        result["error"] = "exited with %d" % result["rc"] if result["rc"] > 0 else "killed by signal %d" % -result["rc"]
+    rc = result["rc"]
+    if result["error"] is None and rc is not None and rc != 0:
+        result["error"] = "exited with %d" % rc if rc > 0 else "killed by signal %d" % -rc
     return result
 
 

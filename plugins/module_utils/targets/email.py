@@ -59,7 +59,7 @@ class EmailTarget(Target):
     def remove(self, name: str) -> None:
         pass
 
-    def prune(self, keep: int, protect: str = "") -> list:
+    def prune(self, protect: str = "") -> list:
         return []
 
     def verify(self, name: str, size: int, sha256: str) -> None:

@@ -96,10 +96,20 @@ def test_reader_decrypts_rage_x25519(keypair, size):
 
 
 def test_reader_decrypts_rage_passphrase():
-    # rage calibrates its own (expensive) work factor: one multi-chunk file ending in a short chunk.
+    # rage calibrates its own work factor (about a second of scrypt): one multi-chunk file ending in a short
+    # chunk. Up to what we write ourselves (2^18) it decrypts; above, the reader refuses before any scrypt work
+    # (the memory bound on hostile archives), naming the limit.
     data = os.urandom(2 * CHUNK + 5)
     blob = pyrage.passphrase.encrypt(data, "another passphrase")
-    assert _decrypt(blob, passphrase="another passphrase") == data
+    log_n = int(blob.split(b"-> scrypt ", 1)[1].split(b"\n", 1)[0].split()[1])
+    if log_n <= agecrypt.MAX_SCRYPT_LOG_N:
+        assert _decrypt(blob, passphrase="another passphrase") == data
+    else:
+        with pytest.raises(ArchiveError, match="work factor 2\\^%d of this file is above the limit 2\\^18" % log_n):
+            _decrypt(blob, passphrase="another passphrase")
+    # The same data at the work factor age and we use (2^18) decrypts: rebuilt with our writer, read by rage.
+    ours = _encrypt(data, passphrase="another passphrase")
+    assert pyrage.passphrase.decrypt(ours, "another passphrase") == data
 
 
 def test_several_recipients_each_can_decrypt():
