@@ -117,6 +117,8 @@ def cmd_run(store: Store, args) -> int:
         console(result.get("error") or "not due")
         return EXIT_OK
     console("%s: %s%s" % (job["name"], code, (" - %s" % result["error"]) if result.get("error") else ""))
+    for warning in result.get("warnings") or []:
+        console("warning: %s" % warning)
     if archive.get("name"):
         console("archive %s, %d bytes, sha256 %s" % (archive["name"], archive.get("size") or 0, archive.get("sha256")))
     return EXIT_OK if code == errors.SUCCESSFUL else EXIT_FAILED

@@ -35,7 +35,7 @@ import time
 
 from . import errors, report, sources
 from .errors import LockBusy, SarError, ValidationError
-from .fsutil import short_hostname
+from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
 from .restore import Restore
 from .store import effective_metrics_path
@@ -145,6 +145,7 @@ class Drill:
     def locked(self, target: int) -> dict:
         staging = self.settings["staging_dir"]
         os.makedirs(staging, 0o700, exist_ok=True)
+        clean_staging(staging, log=self.log_func)  # we hold the lock: leftovers of killed runs and drills
         scratch_root = tempfile.mkdtemp(prefix=".drill-", dir=staging)
         scratch = os.path.join(scratch_root, "restored")
         profile = self.settings["profile"]

@@ -106,3 +106,34 @@ def atomic_write_json(path: str, obj, mode: int = 0o600) -> None:
 def read_json(path: str):
     with open(path, "rb") as handle:
         return json.loads(handle.read().decode("utf-8"))
+
+
+# Work folders in staging: `.<job>-XXXXXXXX` (runs), `.restore-XXXXXXXX`, `.drill-XXXXXXXX` (mkdtemp's suffix).
+_STAGING_WORKDIR = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]*-[a-z0-9_]{8}$")
+
+
+def clean_staging(root: str, log=None, kept_copy=None, keep=()) -> list:
+    """Remove the work folders killed runs, restores and drills left in the staging directory `root`
+    (and files matching `kept_copy`, a run's kept archive); never the names in `keep`. Only the holder of
+    the maintenance lock may call this: it alone works in staging. Returns what was removed."""
+    import shutil  # local: only the lock holder cleans
+    removed = []
+    try:
+        entries = os.listdir(root)
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        path = os.path.join(root, entry)
+        if path in keep or entry in keep:
+            continue
+        stale_dir = bool(_STAGING_WORKDIR.match(entry)) and os.path.isdir(path) and not os.path.islink(path)
+        stale_copy = kept_copy is not None and bool(kept_copy.match(entry)) and os.path.isfile(path)
+        if stale_dir or stale_copy:
+            if log:
+                log("removing leftover %s from an interrupted run, restore or drill" % path)
+            if stale_dir:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+            removed.append(path)
+    return removed

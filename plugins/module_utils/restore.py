@@ -33,7 +33,7 @@ import tempfile
 
 from . import archive, dumpguard, errors, signing, sources
 from .errors import SarError, ValidationError
-from .fsutil import short_hostname
+from .fsutil import clean_staging, short_hostname
 from .job import CATEGORIES
 from .lock import MaintenanceLock
 from .targets import job_target
@@ -312,6 +312,8 @@ class Restore:
             # cleaning staging must never see our download as a killed run's leftover.
             lock = MaintenanceLock(self.settings["lock_path"], wait_option=self.wait_option)
             lock.acquire(wait=self.wait)
+            # What killed runs, restores and drills left in staging: ours now that we hold the lock.
+            clean_staging(self.settings["staging_dir"], log=self.log_func)
         try:
             return self._execute()
         finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -20,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import errors, hooks, report, schedule, signing, sources
 from .archive import FORMAT_VERSION, ArchiveWriter
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
-from .fsutil import short_hostname
+from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
 from .store import effective_metrics_path
 from .targets import target_class
@@ -138,11 +137,19 @@ class Run:
                                                                               entry["error"]))
 
     def finish(self, res: dict) -> None:
-        """Hooks after the run, then status file, metrics and the report mail after every real run; none of
-        them may turn a run's result into something else."""
+        """Hooks after the run, the report mail, then status file and metrics after every real run; none of
+        them may turn a run's result into something else. The mail goes first so that a relay refusing it is
+        in the status file's warnings (a timer's run has no one reading its output)."""
         self.after_hooks(res)
         warnings = res.setdefault("warnings", [])
         res.setdefault("public_key", signing.host_public_key(self.store.config_dir))
+        if report.wants_mail(self.job, res):
+            try:
+                report.mail_report(self.settings, self.job, res)
+                res["report_sent"] = True
+            except SarError as exc:
+                res["report_sent"] = False
+                warnings.append("could not mail the report to %s: %s" % (", ".join(self.job["report_to"]), exc))
         try:
             res["status_path"] = report.write_status(self.settings, res)
         except OSError as exc:
@@ -152,12 +159,6 @@ class Run:
             report.write_metrics(self.settings, jobs, effective_metrics_path(self.settings))
         except OSError as exc:
             warnings.append("could not write the metrics file: %s" % exc)
-        if report.wants_mail(self.job, res):
-            try:
-                report.mail_report(self.settings, self.job, res)
-                res["report_sent"] = True
-            except SarError as exc:
-                warnings.append("could not mail the report to %s: %s" % (", ".join(self.job["report_to"]), exc))
 
     # -- the run -------------------------------------------------------------
     def execute(self) -> dict:
@@ -191,20 +192,9 @@ class Run:
         return root
 
     def clean_stale_staging(self, root: str) -> None:
-        """Remove what killed runs (of any job) and restores left in staging, and this job's
+        """Remove what killed runs, restores and drills (of any job) left in staging, and this job's
         kept copy. Safe: we hold the maintenance lock, and only its holder works in staging."""
-        workdir = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]*-[a-z0-9_]{8}$")
-        kept_copy = archive_pattern(self.job["name"])
-        for entry in os.listdir(root):
-            path = os.path.join(root, entry)
-            stale_dir = bool(workdir.match(entry)) and os.path.isdir(path)
-            stale_copy = bool(kept_copy.match(entry)) and os.path.isfile(path)
-            if stale_dir or stale_copy:
-                self.log("removing leftover %s from an interrupted run" % path)
-                if stale_dir:
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
+        clean_staging(root, log=self.log_func, kept_copy=archive_pattern(self.job["name"]))
 
     def unique_start(self) -> None:
         """Archive names carry the start to the second: a run starting in the same second as this job's
