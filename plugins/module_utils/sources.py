@@ -490,51 +490,88 @@ def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
                 pass
 
 
-def restore_dump(dump_path: str, profile: dict, log=None) -> None:
-    """Restore a dump made by dump() into the profile's database, all or nothing:
-    pg_restore --clean --if-exists --single-transaction --no-owner."""
-    db = _db(profile)
-    argv = [find_tool("pg_restore", profile), "--clean", "--if-exists", "--single-transaction", "--no-owner"]
-    argv += _conn_args(profile) + [dump_path]
-    if log:
-        log("restoring %s into database %r at %s" % (os.path.basename(dump_path), db.get("name"), _where(profile)))
-    with _client_env(profile) as env:
-        proc = _run(argv, env)
-    if proc.returncode != 0:
-        raise SourceError("pg_restore of %s into database %r at %s as %r failed (exit %d): %s"
-                          % (os.path.basename(dump_path), db.get("name"), _where(profile), db.get("user"),
-                             proc.returncode, _first_lines(proc.stderr)))
-
-
-def restore_dumps(dump_paths: list, profile: dict, workdir: str, log=None) -> None:
-    """Restore several dumps made by dump() into the profile's database in ONE transaction: each
-    becomes a SQL script (pg_restore --clean --if-exists --no-owner -f), then psql runs them all
-    with --single-transaction and ON_ERROR_STOP, so either every category is restored or none."""
-    db = _db(profile)
-    scripts = []
-    for path in dump_paths:
-        script = os.path.join(workdir, os.path.basename(path) + ".sql")
-        argv = [find_tool("pg_restore", profile), "--clean", "--if-exists", "--no-owner", "-f", script, path]
-        proc = _run(argv, dict(os.environ))
-        if proc.returncode != 0:
-            raise SourceError("pg_restore could not read %s (exit %d): %s"
-                              % (os.path.basename(path), proc.returncode, _first_lines(proc.stderr)))
-        scripts.append(script)
-    argv = [find_tool("psql", profile), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"] + _conn_args(profile)
-    for script in scripts:
-        argv += ["-f", script]
-    if log:
-        log("restoring %s into database %r at %s (one transaction)"
-            % (", ".join(os.path.basename(p) for p in dump_paths), db.get("name"), _where(profile)))
+def restore_dump(dump_path: str, category: str, profile: dict, workdir: str | None = None, log=None,
+                 member: str | None = None) -> None:
+    """Restore one dump of `category` into the profile's database, checked and all or
+    nothing like restore_dumps() (workdir: where its SQL script goes; default a private
+    temporary directory)."""
+    own_dir = None
+    if workdir is None:
+        own_dir = workdir = tempfile.mkdtemp(prefix="sar-backup-restore-")
     try:
+        restore_dumps([(category, dump_path, member or os.path.basename(dump_path))], profile, workdir, log=log)
+    finally:
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _restore_role_risks(profile: dict) -> tuple:
+    """(role, [what it may do beyond its tables]) for the role the restore runs as: the
+    profile's restore_role if set (SET ROLE), else the connecting user."""
+    from .dumpguard import quote_ident  # local: dumpguard imports this module
+    role = _db(profile).get("restore_role")
+    sql = "SET ROLE %s;\n" % quote_ident(role) if role else ""
+    sql += ("SELECT v.x FROM pg_catalog.pg_roles r, LATERAL (VALUES (1, CURRENT_USER::pg_catalog.text), "
+            "(2, pg_catalog.concat_ws(', ', CASE WHEN r.rolsuper THEN 'a superuser' END, "
+            "CASE WHEN pg_catalog.pg_has_role(r.oid, 'pg_execute_server_program', 'MEMBER') "
+            "THEN 'a member of pg_execute_server_program' END, "
+            "CASE WHEN pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER') "
+            "THEN 'a member of pg_read_server_files' END, "
+            "CASE WHEN pg_catalog.pg_has_role(r.oid, 'pg_write_server_files', 'MEMBER') "
+            "THEN 'a member of pg_write_server_files' END))) AS v(o, x) "
+            "WHERE r.rolname = CURRENT_USER ORDER BY v.o;")
+    try:
+        out = _records(psql(profile, sql))
+    except SourceError as exc:
+        if role:
+            raise SourceError("profile.database.restore_role %r cannot be used by %r: %s"
+                              % (role, _db(profile).get("user"), exc))
+        raise
+    if len(out) < 2:
+        return role or _db(profile).get("user"), []
+    return out[0], [r for r in out[1].split(", ") if r]
+
+
+def restore_dumps(dumps: list, profile: dict, workdir: str, log=None) -> None:
+    """Restore dumps made by dump() into the profile's database in ONE transaction.
+
+    `dumps` is [(category, dump path, archive member)]. Each dump is checked first
+    (dumpguard.inspect_dump: its table of contents and its SQL script may touch only what the
+    PROFILE gives its category; refused with verifyFailed, nothing run); then psql runs our own
+    prologue (SET ROLE profile.database.restore_role when set; the live-database checks of the
+    scripts' claims) and every script with --single-transaction and ON_ERROR_STOP, so either
+    every category is restored or none."""
+    from . import dumpguard  # local: dumpguard imports this module
+    db = _db(profile)
+    checked = []
+    prologue = None
+    try:
+        for category, path, member in dumps:
+            checked.append(dumpguard.inspect_dump(path, category, profile, workdir, member=member))
+        role, risks = _restore_role_risks(profile)
+        if risks and log:
+            log("restoring as role %r, which is %s: the dump check is then the only guard against server-side "
+                "programs and files (set profile.database.restore_role to a role without these rights)"
+                % (role, " and ".join(risks)))
+        fd, prologue = tempfile.mkstemp(prefix=".restore-prologue-", suffix=".sql", dir=workdir)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(dumpguard.restore_prologue(profile, checked))
+        argv = [find_tool("psql", profile), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"] + _conn_args(profile)
+        for script in [prologue] + [c.script for c in checked]:
+            argv += ["-f", script]
+        if log:
+            log("restoring %s into database %r at %s (one transaction)"
+                % (", ".join(c.member for c in checked), db.get("name"), _where(profile)))
         with _client_env(profile) as env:
+            env["PGCLIENTENCODING"] = "UTF8"  # an ASCII-safe encoding until a script sets its own (checked) one
             proc = _run(argv, env)
     finally:
-        for script in scripts:
-            try:
-                os.unlink(script)
-            except OSError:
-                pass
+        for path in [prologue] + [c.script for c in checked]:
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
     if proc.returncode != 0:
         raise SourceError("restoring into database %r at %s as %r failed, nothing was changed (psql exit %d): %s"
                           % (db.get("name"), _where(profile), db.get("user"), proc.returncode,

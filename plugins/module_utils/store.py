@@ -27,6 +27,7 @@ DEFAULT_PROFILE = {
         "password": None,
         "name": "asterisk",
         "pg_bin_dir": None,  # None: pg_dump/psql/pg_restore from PATH, else newest /usr/lib/postgresql/*/bin
+        "restore_role": None,  # None: restore as `user`; else SET ROLE to it first (a role that owns the tables, no superuser)
     },
     "categories": {
         "core": {
@@ -87,6 +88,23 @@ def _str_list(value, field: str) -> list:
     return list(value)
 
 
+def _integer(value, field: str) -> int:
+    """An integer option: an int or its digits (not a boolean, not a fraction, not infinity)."""
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        raise ValidationError(field, "must be an integer, got %r" % (value,))
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError(field, "must be an integer, got %r" % (value,)) from None
+
+
+def _string(value, field: str) -> str:
+    """A string option: a string or a number written as one (not a list, dictionary or boolean)."""
+    if isinstance(value, (dict, list, bool)):
+        raise ValidationError(field, "must be a string, got %s" % type(value).__name__)
+    return str(value)
+
+
 def validate_profile(raw) -> dict:
     prof = copy.deepcopy(DEFAULT_PROFILE)
     if raw is None:
@@ -105,16 +123,15 @@ def validate_profile(raw) -> dict:
         if value is None:
             continue
         if key == "port":
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise ValidationError("profile.database.port", "must be an integer, got %r" % (value,))
+            value = _integer(value, "profile.database.port")
             if not 0 < value < 65536:
                 raise ValidationError("profile.database.port", "must be between 1 and 65535")
         else:
-            value = str(value)
+            value = _string(value, "profile.database.%s" % key)
             if not value:
                 raise ValidationError("profile.database.%s" % key, "must not be empty")
+            if key == "restore_role" and "\0" in value:
+                raise ValidationError("profile.database.restore_role", "must not contain a NUL character")
         prof["database"][key] = value
     cats = raw.get("categories")
     if cats is not None:
@@ -139,7 +156,7 @@ def validate_profile(raw) -> dict:
                 raise ValidationError("profile.categories.%s.exclude_tables" % cat,
                                       "give tables or exclude_tables, not both")
             for i, path in enumerate(out["paths"]):
-                if not path.startswith("/"):
+                if not path.startswith("/") or "\0" in path:
                     raise ValidationError("profile.categories.%s.paths[%d]" % (cat, i),
                                           "must be an absolute path, got %r" % path)
             prof["categories"][cat] = out
@@ -158,17 +175,14 @@ def validate_smtp(raw) -> dict:
         if value is None:
             continue
         if key in ("port", "timeout"):
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise ValidationError("smtp.%s" % key, "must be an integer, got %r" % (value,))
+            value = _integer(value, "smtp.%s" % key)
             if key == "port" and not 0 < value < 65536:
                 raise ValidationError("smtp.port", "must be between 1 and 65535")
         elif key == "security":
             if value not in SMTP_SECURITY:
                 raise ValidationError("smtp.security", "must be one of %s, got %r" % (", ".join(SMTP_SECURITY), value))
         else:
-            value = str(value)
+            value = _string(value, "smtp.%s" % key)
         smtp[key] = value
     if smtp["from"] is not None and not EMAIL_RE.match(smtp["from"]):
         raise ValidationError("smtp.from", "%r is not an e-mail address" % smtp["from"])
@@ -180,7 +194,11 @@ def validate_smtp(raw) -> dict:
 def validate_settings(raw: dict) -> dict:
     """Normalize settings: what is not given takes its documented default."""
     raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ValidationError("settings", "must be a dictionary of settings, got %s" % type(raw).__name__)
     for key in raw:
+        if not isinstance(key, str) or not key.strip():
+            raise ValidationError("settings", "setting names must be non-empty strings, got %r" % (key,))
         if key not in DEFAULT_SETTINGS:
             raise ValidationError(key, "unknown setting")
     out = copy.deepcopy(DEFAULT_SETTINGS)
@@ -190,11 +208,14 @@ def validate_settings(raw: dict) -> dict:
         value = raw.get(key)
         if value is None:
             continue
-        if not isinstance(value, str) or not value.startswith("/"):
+        if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
             raise ValidationError(key, "must be an absolute path, got %r" % (value,))
         out[key] = os.path.normpath(value)
     if raw.get("min_free_space") is not None:
-        out["min_free_space"] = parse_size(raw["min_free_space"], "min_free_space")
+        try:
+            out["min_free_space"] = parse_size(raw["min_free_space"], "min_free_space")
+        except OverflowError:
+            raise ValidationError("min_free_space", "is too large") from None
     return out
 
 

@@ -38,9 +38,11 @@ class Appliance:
     def create_database(self, db: str) -> None:
         self.cluster.create_database(db, owner=self.profile["database"]["user"])
 
-    def restore_dump(self, path: str, db: str) -> None:
+    def restore_dump(self, path: str, db: str, category: str | None = None) -> None:
+        """Restore a dump (checked as its category's: by default the one its name says, db/<category>.pgdump)."""
         from ansible_collections.sar.backup.plugins.module_utils import sources
-        sources.restore_dump(path, self.profile_for(db))
+        category = category or os.path.basename(path)[:-len(".pgdump")]
+        sources.restore_dump(path, category, self.profile_for(db))
 
     def tables_of(self, category: str) -> tuple:
         from harness import appliance
