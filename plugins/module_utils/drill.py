@@ -245,7 +245,8 @@ class Drill:
         for src in manifest.get("sources") or []:
             if src.get("kind") == sources.KIND_DB and isinstance(src.get("rows"), dict):
                 for table, rows in src["rows"].items():
-                    recorded[(src["category"], table)] = rows
+                    if isinstance(table, str) and isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0:
+                        recorded[(src["category"], table)] = rows
         out = []
         for e in dumps:
             names = [t for (cat, t) in recorded if cat == e["category"]]

@@ -287,8 +287,14 @@ class Run:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def source_report(self, plan) -> list:
-        return [{"category": s.category, "kind": s.kind, "origin": s.origin, "member": s.member,
-                 "size": s.size, "files": s.files} for s in plan]
+        out = []
+        for src in plan:
+            entry = {"category": src.category, "kind": src.kind, "origin": src.origin, "member": src.member,
+                     "size": src.size, "files": src.files}
+            if src.rows is not None:
+                entry["rows"] = dict(src.rows)  # per table, in the dump's own snapshot: what a drill checks
+            out.append(entry)
+        return out
 
     def manifest(self, plan) -> dict:
         job = self.job

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -54,6 +56,7 @@ class Source:
     size: int | None = None         # bytes, after prepare()
     files: int | None = None        # regular files and links in a tree (1 for a dump), after prepare()
     local_path: str | None = None   # the dump file in staging, after prepare()
+    rows: dict | None = None        # a dump's tables -> row count in the dump's own snapshot, after prepare()
 
 
 # -- plan -----------------------------------------------------------------------
@@ -446,6 +449,81 @@ def dump_argv(source: Source, profile: dict, dest_path: str, empty: bool = False
     return argv
 
 
+class _Snapshot:
+    """A psql session holding a REPEATABLE READ transaction that exported its snapshot: pg_dump
+    --snapshot dumps exactly what the row counts of this session see (a restore drill compares them
+    with what it restores). Statements go in over a pipe; psql answers each as it comes."""
+
+    def __init__(self, profile: dict, env: dict):
+        import secrets as _secrets
+        self.end = "sar-end-%s" % _secrets.token_hex(8)
+        self.errors = tempfile.TemporaryFile(mode="w+")  # pylint: disable=consider-using-with
+        argv = [find_tool("psql", profile), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"] + _conn_args(profile)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
+                                     stderr=self.errors, text=True, errors="replace", env=env)
+        lines = self.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_catalog.pg_export_snapshot();")
+        self.id = lines[0] if lines and re.match(r"^[0-9A-Fa-f-]+$", lines[0]) else None
+        if self.id is None:
+            self.close()
+            raise SourceError("could not export a snapshot: %s" % self.error())
+
+    def error(self) -> str:
+        self.errors.seek(0)
+        return _first_lines(self.errors.read(4096))
+
+    def query(self, sql: str) -> list:
+        """The output lines of `sql` (ended by a marker query); [] when psql has stopped."""
+        try:
+            self.proc.stdin.write("%s\nSELECT '%s';\n" % (sql, self.end))
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return []
+        out = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                return []
+            line = line.rstrip("\n")
+            if line == self.end:
+                return out
+            out.append(line)
+
+    def count(self, tables: list) -> dict:
+        from .dumpguard import quote_ident  # local: dumpguard imports this module
+        if not tables:
+            return {}
+        parts = ["SELECT %s || '.' || %s, (SELECT count(*) FROM %s.%s)" % (
+            _sql_literal(schema), _sql_literal(name), quote_ident(schema), quote_ident(name)) for schema, name in tables]
+        out = {}
+        for line in self.query(" UNION ALL ".join(parts) + ";"):
+            name, _sep, count = line.rpartition("|")
+            if count.isdigit():
+                out[name] = int(count)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("COMMIT;\n")
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.errors.close()
+
+
+def _tables_of(source: Source, profile: dict, snap: _Snapshot) -> list:
+    """(schema, name) of the ordinary and partitioned tables the dump holds, as the snapshot sees them."""
+    lines = snap.query("SELECT n.nspname || '|' || c.relname FROM pg_catalog.pg_class c "
+                       "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+                       "WHERE c.relkind IN ('r', 'p') AND c.oid IN (%s) ORDER BY 1;" % _selected_oids(source, profile))
+    return [tuple(line.split("|", 1)) for line in lines if "|" in line]
+
+
 def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
     """Dump a postgresql source with the real pg_dump into dest_path (0600); its size.
 
@@ -463,9 +541,26 @@ def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
     finally:
         os.close(fd)
     ok = False
+    snap = None
     try:
         with _client_env(profile, directory) as env:
-            proc = _run(dump_argv(source, profile, dest_path), env)
+            argv = dump_argv(source, profile, dest_path)
+            counted: dict = {}
+            counter = None
+            try:
+                snap = _Snapshot(profile, env)
+                argv += ["--snapshot", snap.id]
+                tables = _tables_of(source, profile, snap)
+                # Counted in the snapshot while pg_dump dumps it (the other core is free meanwhile).
+                counter = threading.Thread(target=lambda: counted.update(snap.count(tables)), daemon=True)
+                counter.start()
+            except SourceError as exc:
+                if log:
+                    log("%s: no row counts for this dump (%s)" % (source.category, exc))
+            proc = _run(argv, env)
+            if counter is not None:
+                counter.join()
+                source.rows = dict(counted)
             if proc.returncode != 0 and source.tables and "no matching tables were found" in proc.stderr:
                 if log:
                     log("%s: no table in database %r matches %s: its dump is empty"
@@ -483,6 +578,8 @@ def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
         ok = True
         return size
     finally:
+        if snap is not None:
+            snap.close()
         if not ok:
             try:
                 os.unlink(dest_path)

@@ -119,3 +119,33 @@ def test_module_drill(pbx, tmp_path):
     assert res["changed"] is False and res["code"] == "successful" and res["verified"] is True
     assert res["checks"]["tables"] > 0 and res["drill"]["target"] == 0
     assert result.results()["Drill, check mode"]["skipped"] is True
+
+
+def test_row_counts_recorded_at_backup_are_checked(pbx, tmp_path, capsys):
+    """The manifest carries each table's rows in the dump's own snapshot; a restore that brings back fewer
+    fails the drill naming the table (an archive claiming one row more, repacked and opened with --trust any)."""
+    from test_restore_trust import repack
+    drill_job(pbx, tmp_path, targets=[{"type": "local"}])
+    assert pbx.sar("run", "nightly") == 0
+    folder = os.path.join(pbx.settings["archive_dir"], "starface-backup", "nightly")
+    (name,) = os.listdir(folder)
+    path = os.path.join(folder, name)
+    with open(path, "rb") as handle:
+        import zstandard
+        raw = zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read(256 * 1024)
+    manifest = json.loads(raw[512:raw.index(b"\n}\n") + 3])
+    rows = {s["category"]: s["rows"] for s in manifest["sources"] if s["kind"] == "postgresql"}
+    assert rows["core"]["public.users"] == 40 and rows["cdr_voicemail"]["public.cdr"] == 300
+
+    def one_more(manifest):
+        for src in manifest["sources"]:
+            if src["kind"] == "postgresql" and "public.users" in src["rows"]:
+                src["rows"]["public.users"] += 1
+    crafted = path + ".crafted"
+    repack(path, crafted, one_more)
+    os.replace(crafted, path)
+    capsys.readouterr()
+    assert pbx.sar("drill", "nightly", "--trust", "any") == 1
+    out = capsys.readouterr().out
+    assert "table public.users: 40 rows restored, 41 recorded at backup time" in out
+    assert status(pbx)["last_drill"]["code"] == "verifyFailed"
