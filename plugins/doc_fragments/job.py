@@ -256,6 +256,28 @@ options:
           - Run after a failed run (a failed O(hooks.before) hook included). A failing one is reported as a warning.
         type: list
         elements: raw
+  ping:
+    description:
+      - Push monitoring (healthchecks.io and compatible, as borgmatic does) - a run POSTs to C(<url>/start) when it
+        begins, to C(<url>) when it succeeded and to C(<url>/fail) when it failed, with a short plain-text summary
+        (result code, archive, per-target codes) as the body. A ping that fails is a warning, never a failed run.
+    type: dict
+    suboptions:
+      url:
+        description:
+          - The check's ping URL (http or https). It is the check's credential - treated as a secret (masked in output,
+            diffs and status files).
+        type: str
+      states:
+        description:
+          - Which pings to send (default all three).
+        type: list
+        elements: str
+        choices: [start, success, failure]
+      timeout:
+        description:
+          - Seconds (or C(10s)/C(1m)) per ping; default 10.
+        type: raw
   drill:
     description:
       - Restore drills of this job - its newest archive is fetched from a target, restored into isolation (a scratch
@@ -540,6 +562,28 @@ options:
               - Run after a failed run (a failed O(definition.hooks.before) hook included). A failing one is reported as a warning.
             type: list
             elements: raw
+      ping:
+        description:
+          - Push monitoring (healthchecks.io and compatible, as borgmatic does) - a run POSTs to C(<url>/start) when it
+            begins, to C(<url>) when it succeeded and to C(<url>/fail) when it failed, with a short plain-text summary
+            (result code, archive, per-target codes) as the body. A ping that fails is a warning, never a failed run.
+        type: dict
+        suboptions:
+          url:
+            description:
+              - The check's ping URL (http or https). It is the check's credential - treated as a secret (masked in output,
+                diffs and status files).
+            type: str
+          states:
+            description:
+              - Which pings to send (default all three).
+            type: list
+            elements: str
+            choices: [start, success, failure]
+          timeout:
+            description:
+              - Seconds (or C(10s)/C(1m)) per ping; default 10.
+            type: raw
       drill:
         description:
           - Restore drills of this job - its newest archive is fetched from a target, restored into isolation (a scratch

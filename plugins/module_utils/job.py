@@ -15,7 +15,7 @@ import copy
 import datetime
 import re
 
-from . import hooks
+from . import hooks, ping
 from .errors import ValidationError
 from .fsutil import parse_duration, parse_size
 
@@ -45,12 +45,14 @@ DEFAULTS = {
     "retries": 3,
     "hooks": None,
     "drill": None,
+    "ping": None,
 }
 
 # Secret option names, wherever they appear (targets, encryption, settings).
 SECRET_KEYS = frozenset((
     "password", "private_key", "private_key_passphrase", "refresh_token",
     "app_secret", "access_token", "passphrase",
+    "url",  # ping.url: a healthchecks-style ping URL is the check's credential
 ))
 
 # Per target type: option -> (kind, default). kind: str|int|bool|size|list|choice tuple.
@@ -333,6 +335,7 @@ def validate_job(raw: dict, require_targets: bool = True) -> dict:
     job["defer"] = _bounded(parse_duration, job["defer"], "defer")
     job["retries"] = _coerce("int", job["retries"], "retries")
     job["hooks"] = hooks.validate(job["hooks"])
+    job["ping"] = ping.validate(job["ping"])
 
     targets = raw.get("targets")
     if targets is None:
@@ -503,6 +506,11 @@ def argument_spec() -> dict:
         "defer": {"type": "raw", "default": "1h"},
         "retries": {"type": "int", "default": 3},
         "hooks": {"type": "dict", "options": {stage: {"type": "list", "elements": "raw"} for stage in hooks.STAGES}},
+        "ping": {"type": "dict", "options": {
+            "url": {"type": "str", "no_log": True},
+            "states": {"type": "list", "elements": "str", "choices": list(ping.STATES)},
+            "timeout": {"type": "raw"},
+        }},
         "drill": {"type": "dict", "options": {
             "interval": {"type": "str", "choices": list(INTERVALS)},
             "start": {"type": "str"},
@@ -518,7 +526,7 @@ def params_to_raw(params: dict) -> dict:
         raw["targets"] = [{k: v for k, v in t.items() if v is not None} for t in raw["targets"]]
     if isinstance(raw.get("encryption"), dict):
         raw["encryption"] = {k: v for k, v in raw["encryption"].items() if v is not None}
-    for key in ("hooks", "drill"):
+    for key in ("hooks", "drill", "ping"):
         if isinstance(raw.get(key), dict):
             raw[key] = {k: v for k, v in raw[key].items() if v is not None}
     return raw

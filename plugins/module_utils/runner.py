@@ -16,7 +16,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import errors, hooks, report, schedule, signing, sources
+from . import errors, hooks, ping, report, schedule, signing, sources
 from .archive import FORMAT_VERSION, ArchiveWriter
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
 from .fsutil import clean_staging, short_hostname
@@ -63,6 +63,7 @@ class Run:
         self.targets = []
         self.wait_option = wait_option
         self.before_results = []
+        self.start_warnings = []
 
     # -- helpers -----------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -103,6 +104,8 @@ class Run:
         res.update(extra)
         if self.before_results and "hooks" not in extra:
             res["hooks"] = list(self.before_results)
+        if self.start_warnings:
+            res["warnings"] = list(self.start_warnings)
         return res
 
     def all_failed(self, code: str, message: str) -> list:
@@ -143,6 +146,10 @@ class Run:
         self.after_hooks(res)
         warnings = res.setdefault("warnings", [])
         res.setdefault("public_key", signing.host_public_key(self.store.config_dir))
+        if res.get("code") not in (errors.DEFERRED, errors.NOT_DUE):
+            problem = ping.send(self.job.get("ping"), "success" if res.get("code") == errors.SUCCESSFUL else "failure", res)
+            if problem:
+                warnings.append(problem)
         if report.wants_mail(self.job, res):
             try:
                 report.mail_report(self.settings, self.job, res)
@@ -226,6 +233,9 @@ class Run:
 
     def locked_run(self) -> dict:
         self.unique_start()
+        problem = ping.send(self.job.get("ping"), "start")
+        if problem:
+            self.start_warnings.append(problem)
         refused = self.before_hooks()
         if refused is not None:
             return refused
