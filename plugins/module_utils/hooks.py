@@ -123,7 +123,7 @@ def run_one(hook: dict, env: dict, workdir: str | None = None) -> dict:
             result["error"] = "cannot start %s: %s" % (argv[0], exc.strerror or exc)
             return result
         try:
-            result["rc"] = proc.wait(timeout=hook["timeout"])
+            rc = proc.wait(timeout=hook["timeout"])
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -131,13 +131,16 @@ def run_one(hook: dict, env: dict, workdir: str | None = None) -> dict:
                 pass
             proc.wait()
             result["error"] = "timed out after %ds (killed)" % hook["timeout"]
+        else:
+            result["rc"] = rc
+            if rc > 0:
+                result["error"] = "exited with %d" % rc
+            elif rc < 0:
+                result["error"] = "killed by signal %d" % -rc
         result["seconds"] = round(time.monotonic() - begin, 3)
         size = output.seek(0, os.SEEK_END)
         output.seek(max(0, size - OUTPUT_TAIL))
         result["output"] = output.read().decode("utf-8", "replace")
-    rc = result["rc"]
-    if result["error"] is None and rc is not None and rc != 0:
-        result["error"] = "exited with %d" % rc if rc > 0 else "killed by signal %d" % -rc
     return result
 
 

@@ -16,9 +16,9 @@ diffs and status files, never logged. A ping that fails is a warning, never a fa
 
 from __future__ import annotations
 
-import urllib.error
+import http.client
+import ssl
 import urllib.parse
-import urllib.request
 
 from .errors import ValidationError
 from .fsutil import parse_duration
@@ -76,19 +76,25 @@ def send(ping: dict | None, state: str, result: dict | None = None) -> str | Non
     if not ping or state not in ping["states"]:
         return None
     body = summary(result).encode("utf-8")
-    request = urllib.request.Request(ping["url"] + SUFFIX[state], data=body, method="POST",
-                                     headers={"Content-Type": "text/plain; charset=utf-8",
-                                              "User-Agent": "sar-backup"})
+    parts = urllib.parse.urlsplit(ping["url"] + SUFFIX[state])
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=ping["timeout"],
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=ping["timeout"])
     try:
-        with urllib.request.urlopen(request, timeout=ping["timeout"]) as answer:  # nosec - the user's own URL
-            answer.read(4096)
-            if not 200 <= answer.status < 300:
-                return "the %s ping was answered with HTTP %d" % (state, answer.status)
-    except urllib.error.HTTPError as exc:
-        return "the %s ping was answered with HTTP %d" % (state, exc.code)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+        conn.request("POST", path, body=body, headers={"Content-Type": "text/plain; charset=utf-8",
+                                                       "User-Agent": "sar-backup"})
+        answer = conn.getresponse()
+        answer.read(4096)
+        if not 200 <= answer.status < 300:
+            return "the %s ping was answered with HTTP %d" % (state, answer.status)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         # Never str() of something that may quote the URL (the check's credential).
-        words = getattr(reason, "strerror", None) or type(reason).__name__
-        return "the %s ping failed: %s" % (state, words)
+        return "the %s ping failed: %s" % (state, getattr(exc, "strerror", None) or type(exc).__name__)
+    finally:
+        conn.close()
     return None

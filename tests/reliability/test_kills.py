@@ -123,22 +123,22 @@ def make_plan(seed: int, factor: int) -> list:
     rng = random.Random(seed)
     plan = []
     for _copy in range(factor):
-        plan += [("run", "build", {"fraction": rng.uniform(0.02, 0.98)}) for _ in range(2)]
+        plan += [("run", "build", {"fraction": rng.uniform(0.02, 0.98)}) for dummy in range(2)]
         plan.append(("run", "pgdump", {"delay": rng.uniform(0.0, 0.08)}))
         for target in TARGETS:
-            for _ in range(2):
+            for dummy in range(2):
                 if rng.random() < 0.75:
                     plan.append(("run", "upload", {"target": target, "fraction": rng.uniform(0.0, 1.0)}))
                 else:
                     plan.append(("run", "upload-timed", {"target": target, "delay": rng.uniform(0.0, 0.3)}))
         plan += [("run", "commit", {"target": t}) for t in rng.sample(TARGETS, 2)]
         plan += [("run", "prune", {"target": t, "when": rng.choice(("before", "after"))}) for t in TARGETS]
-        plan += [("run", "time", {"fraction": rng.random()}) for _ in range(4)]
-        plan += [("restore", "time", {"target": rng.randrange(4), "fraction": rng.random()}) for _ in range(2)]
-        plan += [("restore", "download", {"target": rng.randrange(1, 4), "fraction": rng.random()}) for _ in range(2)]
+        plan += [("run", "time", {"fraction": rng.random()}) for dummy in range(4)]
+        plan += [("restore", "time", {"target": rng.randrange(4), "fraction": rng.random()}) for dummy in range(2)]
+        plan += [("restore", "download", {"target": rng.randrange(1, 4), "fraction": rng.random()}) for dummy in range(2)]
         plan.append(("restore", "verify", {"target": rng.randrange(4), "fraction": rng.random()}))
         plan.append(("restore", "extract", {"target": rng.randrange(4), "fraction": rng.random()}))
-        plan += [("restore", "swap", {"target": rng.randrange(4), "index": rng.randrange(8)}) for _ in range(2)]
+        plan += [("restore", "swap", {"target": rng.randrange(4), "index": rng.randrange(8)}) for dummy in range(2)]
         plan.append(("restore", "db", {"target": rng.randrange(4), "delay": rng.uniform(0.0, 0.15)}))
     rng.shuffle(plan)
     for round_no, (_kind, _point, params) in enumerate(plan):
