@@ -118,8 +118,9 @@ def test_parse_duration_rejects(text):
 def test_argument_spec_marks_every_secret_no_log():
     spec = jobmod.argument_spec()
     targets = spec["targets"]["options"]
-    for key in jobmod.SECRET_KEYS - {"passphrase"}:
+    for key in jobmod.SECRET_KEYS - {"passphrase", "url"}:
         assert targets[key].get("no_log") is True, key
+    assert spec["ping"]["options"]["url"]["no_log"] is True
     assert spec["encryption"]["options"]["passphrase"]["no_log"] is True
 
 
