@@ -35,6 +35,8 @@ ROOT = os.path.dirname(BENCH)
 OUTPUT = os.path.join(BENCH, "output")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 DEFAULT_SIZE = 1000 * 1000 * 1000
+# Benches whose work dir holds a generated data set, kept so that re-runs skip generating it.
+KEEP_DATA = ("archive", "run")
 UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "TB": 1000 ** 4,
          "KIB": 1024, "MIB": 1024 ** 2, "GIB": 1024 ** 3, "TIB": 1024 ** 4}
 
@@ -184,6 +186,8 @@ def render(results: list, facts: dict, size: int, argv: list) -> str:
             out.append("")
         if res.get("notes"):
             out += [_cell(res["notes"]), ""]
+        if res.get("profile"):  # markdown of its own (tables), kept as it is
+            out += ["### Profile", "", str(res["profile"]), ""]
     out += [
         "## How to reproduce",
         "",
@@ -193,8 +197,8 @@ def render(results: list, facts: dict, size: int, argv: list) -> str:
         ".venv/bin/python bench/run.py --size 200MB   # a smaller data set",
         "```",
         "",
-        "Work files go to `bench/output/` (git-ignored; the archive bench keeps its generated data set there "
-        "so re-runs skip generating it). Numbers depend on the machine and on whatever else runs on it; compare "
+        "Work files go to `bench/output/` (git-ignored; the archive and run benches keep their generated data sets "
+        "there so re-runs skip generating them). Numbers depend on the machine and on whatever else runs on it; compare "
         "the ratios, which are measured in the same run on the same data.",
         "",
     ]
@@ -246,7 +250,7 @@ def main(argv: list) -> int:
             sys.stdout.write("   FAILED in %ss: %s\n" % (res["elapsed_s"], res["error"]))
         sys.stdout.flush()
         results.append(res)
-        if not args.keep_output and name != "archive":
+        if not args.keep_output and name not in KEEP_DATA:
             shutil.rmtree(workdir, ignore_errors=True)
 
     facts = machine_facts()

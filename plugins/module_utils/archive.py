@@ -24,9 +24,11 @@ import json
 import os
 import posixpath
 import pwd
+import queue
 import stat
 import sys
 import tarfile
+import threading
 import time
 import zlib
 
@@ -56,6 +58,10 @@ LINKS_SUFFIX = ".links.json"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 COPY_CHUNK = 1024 * 1024
+# The writer hashes on a thread of its own: source data is read into HASH_BUFFERS reused buffers of
+# COPY_CHUNK bytes, and at most HASH_QUEUE pieces wait to be hashed (a few MiB in all).
+HASH_BUFFERS = 4
+HASH_QUEUE = 32
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
 # zstd worker threads: a few overlap compression with reading; more would only cost memory.
@@ -595,16 +601,73 @@ def parse_links(data: bytes, member: str, tree_entries) -> list:
 
 # ---------------------------------------------------------------- writing
 
-class _CountingWriter:
-    """Bottom layer: counts and hashes exactly the bytes that reach the .sar file."""
+class _Hasher:
+    """SHA-256 work done on a thread of its own, in the order it is handed over: hashlib releases
+    the GIL while it hashes, so the two SHA-256 passes of a build (each member's data, the bytes of
+    the .sar file) run beside the thread that reads the sources and feeds the compressor. Bounded:
+    at most HASH_QUEUE pieces wait."""
 
-    def __init__(self, raw):
+    def __init__(self):
+        self._queue = queue.Queue(maxsize=HASH_QUEUE)
+        self._error = None
+        self._thread = threading.Thread(target=self._work, name="sar-sha256", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            task = self._queue.get()
+            try:
+                if task is None:
+                    return
+                sha, data, after = task
+                if self._error is None:
+                    if data is not None:
+                        sha.update(data)
+                    if after is not None:
+                        after()
+                elif after is not None and data is not None:
+                    after()  # keep handing buffers back: the feeding thread must never wait forever
+            except BaseException as exc:  # pylint: disable=broad-except  # raised on the writer's thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def update(self, sha, data, after=None) -> None:
+        """sha.update(data), then after(), on the hashing thread; `data` must not change until then."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((sha, data, after))
+
+    def drain(self) -> None:
+        """Wait until everything handed over is hashed."""
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """End the thread (after what is queued); never raises."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+class _CountingWriter:
+    """Bottom layer: counts and hashes exactly the bytes that reach the .sar file (the hash on the
+    writer's hashing thread: `sha` is final after _Hasher.drain())."""
+
+    def __init__(self, raw, hasher=None):
         self.raw = raw
         self.size = 0
         self.sha = hashlib.sha256()
+        self.hasher = hasher
 
     def write(self, data) -> int:
-        self.sha.update(data)
+        if self.hasher is not None:
+            if not isinstance(data, bytes):
+                data = bytes(data)  # the caller may reuse its buffer before the hash is done
+            self.hasher.update(self.sha, data)
+        else:
+            self.sha.update(data)
         self.raw.write(data)
         size = len(memoryview(data).cast("B"))
         self.size += size
@@ -667,6 +730,10 @@ class ArchiveWriter:
         self._links_bytes = 0
         self._trees: dict = {}  # tree member -> "open" | "closed" (its links member written)
         self._added: set = set()  # the sources' own members written
+        self._hasher = None
+        self._buffers = queue.Queue()
+        for _index in range(HASH_BUFFERS):
+            self._buffers.put(bytearray(COPY_CHUNK))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             os.fchmod(fd, 0o600)
@@ -676,7 +743,8 @@ class ArchiveWriter:
             _unlink(path)
             raise
         try:
-            self._counter = _CountingWriter(self._file)
+            self._hasher = _Hasher()
+            self._counter = _CountingWriter(self._file, self._hasher)
             sink = self._counter
             if encryption and (encryption.get("passphrase") or encryption.get("recipients")):
                 self._age = agecrypt.AgeWriter(sink, recipients=encryption.get("recipients") or None,
@@ -794,11 +862,14 @@ class ArchiveWriter:
         if listed:
             self._note(name, hashlib.sha256(data).hexdigest())
 
-    def _note(self, name: str, digest: str) -> None:
+    def _note(self, name: str, digest) -> list:
+        """Record a member's digest for checksums.sha256; None: filled in by the hashing thread."""
         if name in self._names:
             raise ValueError("member %s added twice" % name)
         self._names.add(name)
-        self._sums.append((name, digest))
+        slot = [name, digest]
+        self._sums.append(slot)
+        return slot
 
     # public API
     def add_manifest(self, manifest: dict) -> None:
@@ -839,23 +910,29 @@ class ArchiveWriter:
         self._header(info)
         sha = hashlib.sha256()
         remaining = size
-        buf = bytearray(COPY_CHUNK)
-        view = memoryview(buf)
+        free = self._buffers
         while remaining:
+            # A buffer goes back to `free` once hashed; the compressor has consumed it when _write returns.
+            buf = free.get()
+            view = memoryview(buf)[:min(COPY_CHUNK, remaining)]
             try:
-                got = handle.readinto(view[:min(COPY_CHUNK, remaining)])
+                got = handle.readinto(view)
             except OSError as exc:
+                free.put(buf)
                 raise SourceError("reading %s failed: %s" % (path, exc.strerror or exc)) from None
             if not got:
+                free.put(buf)
                 raise SourceError("%s shrank while being archived (%d of %d bytes read); "
                                   "retry when nothing writes to it" % (path, size - remaining, size))
-            sha.update(view[:got])
-            self._write(view[:got])
+            piece = view[:got]
+            self._hasher.update(sha, piece, lambda b=buf: free.put(b))
+            self._write(piece)
             remaining -= got
             if progress is not None:
                 progress(got)
         self._pad(size)
-        self._note(arcname, sha.hexdigest())
+        slot = self._note(arcname, None)
+        self._hasher.update(sha, None, lambda: slot.__setitem__(1, sha.hexdigest()))
         return size
 
     def add_tree(self, arcprefix: str, root: str, progress=None) -> dict:
@@ -948,6 +1025,7 @@ class ArchiveWriter:
             missing = [m for m in self._layout.index if m not in self._added]
             if missing:
                 raise ValueError("the manifest lists source member %s, which was never added" % missing[0])
+            self._hasher.drain()  # every member's digest is known
             sums = "".join(checksum_line(d, n) for n, d in self._sums).encode("utf-8", "surrogateescape")
             self._add_data(CHECKSUMS, sums, 0o644, internal=True)
             if self.signer is not None:
@@ -960,6 +1038,8 @@ class ArchiveWriter:
             if self._age is not None:
                 self._age.close()
             self._file.flush()
+            self._hasher.drain()  # the file's own hash is complete
+            self._hasher.stop()
             os.fsync(self._file.fileno())
             self._file.close()
         except BaseException:
@@ -978,6 +1058,8 @@ class ArchiveWriter:
                     closer.close()
                 except Exception:  # pylint: disable=broad-except
                     pass
+        if self._hasher is not None:
+            self._hasher.stop()
         _unlink(self.path)
         self._result = {"aborted": True}
 

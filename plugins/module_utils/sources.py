@@ -24,6 +24,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -464,8 +465,9 @@ class _Snapshot:
         lines = self.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_catalog.pg_export_snapshot();")
         self.id = lines[0] if lines and re.match(r"^[0-9A-Fa-f-]+$", lines[0]) else None
         if self.id is None:
+            message = self.error()  # read before close() closes the file it is in
             self.close()
-            raise SourceError("could not export a snapshot: %s" % self.error())
+            raise SourceError("could not export a snapshot: %s" % message)
 
     def error(self) -> str:
         self.errors.seek(0)
@@ -675,15 +677,40 @@ def restore_dumps(dumps: list, profile: dict, workdir: str, log=None) -> None:
                              _first_lines(proc.stderr)))
 
 
+# Dumps of different categories run at once (each its own pg_dump and snapshot session); more would
+# only queue on the server's disk.
+MAX_PARALLEL_DUMPS = 3
+
+
 def prepare(sources: list, profile: dict, staging_dir: str, log=None) -> None:
-    """Dump every database source into staging_dir and measure every tree."""
+    """Dump every database source into staging_dir and measure every tree.
+
+    The dumps of different categories run at the same time (a pg_dump each). A dump that fails
+    leaves no file (dump() removes it); the others are waited for, then the first failure, in the
+    sources' order, is raised: no source is archived unless every dump is complete."""
+    dbs = [src for src in sources if src.kind == KIND_DB]
+
+    def one(src):
+        dest = os.path.join(staging_dir, "%s.pgdump" % src.category)
+        if log:
+            log("%s: pg_dump %s" % (src.category, src.origin))
+        size = dump(src, profile, dest, log=log)
+        src.size, src.files, src.local_path = size, 1, dest
+
+    failures = {}
+    if len(dbs) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(dbs), MAX_PARALLEL_DUMPS)) as pool:
+            futures = [(src, pool.submit(one, src)) for src in dbs]
+            for src, future in futures:
+                try:
+                    future.result()
+                except Exception as exc:  # pylint: disable=broad-except  # re-raised below, in order
+                    failures[id(src)] = exc
     for src in sources:
         if src.kind == KIND_DB:
-            dest = os.path.join(staging_dir, "%s.pgdump" % src.category)
-            if log:
-                log("%s: pg_dump %s" % (src.category, src.origin))
-            src.size = dump(src, profile, dest, log=log)
-            src.files = 1
-            src.local_path = dest
+            if id(src) in failures:
+                raise failures[id(src)]
+            if len(dbs) == 1:
+                one(src)
         else:
             src.size, src.files, _dirs = measure_tree(src.origin, src.category)
