@@ -237,7 +237,7 @@ def _median(runs: list, key: str):
 
 def measure(app: Appliance, variant: str) -> dict:
     ours, peer = [], []
-    for _ in range(REPEAT):
+    for dummy in range(REPEAT):
         ours.append(app.ours(variant))
         peer.append(app.peer(variant))
     out = {

@@ -60,7 +60,7 @@ def summarize(raw_path: str, rate: int) -> str:
 
 
 def main(argv: list) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("config_dir")
     parser.add_argument("job")
     parser.add_argument("--out", default=os.path.join(BENCH, "output", "profile"))

@@ -49,7 +49,7 @@ def test_same_filesystem_links_instead_of_copying(tmp_path, monkeypatch):
     target = _target(tmp_path / "archives")
     target.ensure_dir()
     synced = []
-    monkeypatch.setattr(local, "fsync_dir", lambda d: synced.append(d))
+    monkeypatch.setattr(local, "fsync_dir", synced.append)
     monkeypatch.setattr(local, "copy_atomic", lambda *a, **k: pytest.fail("copied although a link was possible"))
     target.put(src, NAME, size)
     final = os.path.join(target.folder, NAME)
