@@ -38,7 +38,6 @@ from .errors import LockBusy, SarError, ValidationError
 from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
 from .restore import Restore
-from .store import effective_metrics_path
 
 DB_PREFIX = "sar_drill_"
 _LEFTOVER_DB = re.compile(r"^sar_drill_[a-z0-9_]{1,40}_\d{14}$")
@@ -288,15 +287,8 @@ class Drill:
 
     def finish(self, drill: dict) -> dict:
         warnings = drill.setdefault("warnings", [])
-        try:
-            drill["status_path"] = report.write_drill(self.settings, self.job["name"], drill)
-        except OSError as exc:
-            warnings.append("could not write the status file: %s" % exc)
-        try:
-            jobs = sorted(set(self.store.job_names()) | {self.job["name"]})
-            report.write_metrics(self.settings, jobs, effective_metrics_path(self.settings))
-        except OSError as exc:
-            warnings.append("could not write the metrics file: %s" % exc)
+        drill["status_path"] = report.record(self.settings, self.store, self.job["name"], report.write_drill, drill,
+                                             warnings)
         if self.report_mail and self.job.get("report_to") and self.job.get("report_on") != "never" \
                 and (drill["code"] != errors.SUCCESSFUL or self.job.get("report_on") == "always"):
             try:

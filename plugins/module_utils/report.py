@@ -183,6 +183,22 @@ def prometheus_text(statuses: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def record(settings: dict, store, job: str, writer, entry: dict, warnings: list) -> str | None:
+    """Write a run's or drill's outcome (`writer`: write_status or write_drill) and refresh the metrics of
+    every job; a file that cannot be written becomes a warning, never another outcome. The status path."""
+    path = None
+    try:
+        path = writer(settings, entry) if writer is write_status else writer(settings, job, entry)
+    except OSError as exc:
+        warnings.append("could not write the status file: %s" % exc)
+    try:
+        from .store import effective_metrics_path  # local: store imports job, which imports little else
+        write_metrics(settings, sorted(set(store.job_names()) | {job}), effective_metrics_path(settings))
+    except OSError as exc:
+        warnings.append("could not write the metrics file: %s" % exc)
+    return path
+
+
 def write_metrics(settings: dict, jobs: list, metrics_path: str) -> None:
     from .fsutil import atomic_write  # local import keeps the module graph flat
     statuses = {}

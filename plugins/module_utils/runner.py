@@ -21,7 +21,6 @@ from .archive import FORMAT_VERSION, ArchiveWriter
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
 from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
-from .store import effective_metrics_path
 from .targets import target_class
 from .targets.base import TargetContext, archive_pattern, partial_name
 
@@ -157,15 +156,9 @@ class Run:
             except SarError as exc:
                 res["report_sent"] = False
                 warnings.append("could not mail the report to %s: %s" % (", ".join(self.job["report_to"]), exc))
-        try:
-            res["status_path"] = report.write_status(self.settings, res)
-        except OSError as exc:
-            warnings.append("could not write the status file: %s" % exc)
-        try:
-            jobs = sorted(set(self.store.job_names()) | {self.job["name"]})
-            report.write_metrics(self.settings, jobs, effective_metrics_path(self.settings))
-        except OSError as exc:
-            warnings.append("could not write the metrics file: %s" % exc)
+        path = report.record(self.settings, self.store, self.job["name"], report.write_status, res, warnings)
+        if path:
+            res["status_path"] = path
 
     # -- the run -------------------------------------------------------------
     def execute(self) -> dict:
