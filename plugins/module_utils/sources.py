@@ -450,6 +450,13 @@ def dump_argv(source: Source, profile: dict, dest_path: str, empty: bool = False
     return argv
 
 
+def _count_into(snap, tables: list, counted: dict) -> None:
+    try:
+        counted.update(snap.count(tables))
+    except Exception:  # pylint: disable=broad-except  # counts are information: a dump never fails on them
+        pass
+
+
 class _Snapshot:
     """A psql session holding a REPEATABLE READ transaction that exported its snapshot: pg_dump
     --snapshot dumps exactly what the row counts of this session see (a restore drill compares them
@@ -459,7 +466,9 @@ class _Snapshot:
         import secrets as _secrets
         self.end = "sar-end-%s" % _secrets.token_hex(8)
         self.errors = tempfile.TemporaryFile(mode="w+")  # pylint: disable=consider-using-with
-        argv = [find_tool("psql", profile), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"] + _conn_args(profile)
+        # No ON_ERROR_STOP: psql leaving on an error would end the transaction, and the snapshot with it,
+        # before pg_dump has imported it; queries run inside savepoints instead.
+        argv = [find_tool("psql", profile), "-X", "-q", "-A", "-t"] + _conn_args(profile)
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
                                      stderr=self.errors, text=True, errors="replace", env=env)
         lines = self.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_catalog.pg_export_snapshot();")
@@ -497,7 +506,8 @@ class _Snapshot:
         parts = ["SELECT %s || '.' || %s, (SELECT count(*) FROM %s.%s)" % (
             _sql_literal(schema), _sql_literal(name), quote_ident(schema), quote_ident(name)) for schema, name in tables]
         out = {}
-        for line in self.query(" UNION ALL ".join(parts) + ";"):
+        sql = "SAVEPOINT sar_count;\n%s;\nROLLBACK TO SAVEPOINT sar_count;" % " UNION ALL ".join(parts)
+        for line in self.query(sql):
             name, _sep, count = line.rpartition("|")
             if count.isdigit():
                 out[name] = int(count)
@@ -519,11 +529,24 @@ class _Snapshot:
 
 
 def _tables_of(source: Source, profile: dict, snap: _Snapshot) -> list:
-    """(schema, name) of the ordinary and partitioned tables the dump holds, as the snapshot sees them."""
-    lines = snap.query("SELECT n.nspname || '|' || c.relname FROM pg_catalog.pg_class c "
+    """(schema, name) of the ordinary and partitioned tables the dump holds, as the snapshot sees them
+    (names travel hex-encoded: an identifier may hold a newline or a '|')."""
+    lines = snap.query("SAVEPOINT sar_tables;\nSELECT pg_catalog.encode(pg_catalog.convert_to(n.nspname, 'UTF8'), 'hex') "
+                       "|| '|' || pg_catalog.encode(pg_catalog.convert_to(c.relname, 'UTF8'), 'hex') "
+                       "FROM pg_catalog.pg_class c "
                        "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-                       "WHERE c.relkind IN ('r', 'p') AND c.oid IN (%s) ORDER BY 1;" % _selected_oids(source, profile))
-    return [tuple(line.split("|", 1)) for line in lines if "|" in line]
+                       "WHERE c.relkind IN ('r', 'p') AND c.oid IN (%s) ORDER BY 1;\n"
+                       "ROLLBACK TO SAVEPOINT sar_tables;" % _selected_oids(source, profile))
+    out = []
+    for line in lines:
+        schema, sep, name = line.partition("|")
+        try:
+            pair = (bytes.fromhex(schema).decode("utf-8"), bytes.fromhex(name).decode("utf-8"))
+        except ValueError:
+            continue
+        if sep and all(pair) and not any("\n" in p or "\0" in p for p in pair):
+            out.append(pair)  # a name with a newline cannot be counted by line: left uncounted
+    return out
 
 
 def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
@@ -554,7 +577,7 @@ def dump(source: Source, profile: dict, dest_path: str, log=None) -> int:
                 argv += ["--snapshot", snap.id]
                 tables = _tables_of(source, profile, snap)
                 # Counted in the snapshot while pg_dump dumps it (the other core is free meanwhile).
-                counter = threading.Thread(target=lambda: counted.update(snap.count(tables)), daemon=True)
+                counter = threading.Thread(target=_count_into, args=(snap, tables, counted), daemon=True)
                 counter.start()
             except SourceError as exc:
                 if log:
