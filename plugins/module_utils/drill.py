@@ -28,16 +28,14 @@ import datetime
 import hashlib
 import os
 import re
-import shutil
 import stat
 import tempfile
-import time
 
 from . import errors, report, sources
 from .errors import LockBusy, SarError, ValidationError
 from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
-from .restore import Restore
+from .restore import Restore, _remove_tree
 
 DB_PREFIX = "sar_drill_"
 _LEFTOVER_DB = re.compile(r"^sar_drill_[a-z0-9_]{1,40}_\d{14}$")
@@ -185,7 +183,10 @@ class Drill:
         finally:
             if database:
                 self.drop_database(profile, database)
-            _remove_tree(scratch_root)
+            try:
+                _remove_tree(scratch_root)
+            except OSError as exc:  # the next run, restore or drill removes what is left (clean_staging)
+                self.log("could not remove %s: %s" % (scratch_root, exc))
 
     # -- checks -----------------------------------------------------------------------------
     def check_tree(self, entry: dict, digests, checks: dict) -> dict:
@@ -320,52 +321,23 @@ def _tables_in(profile: dict, category: str) -> list:
 
 
 def _count_rows(profile: dict, tables: list, category: str) -> dict:
+    """{schema.name: rows} of the restored tables; None for a table that cannot be counted (missing)."""
     if not tables:
         return {}
-    from .dumpguard import quote_ident
-    parts = []
-    for table in tables:
-        schema, _dot, name = table.partition(".")
-        parts.append("SELECT %s, (SELECT count(*) FROM %s.%s)" % (
-            "E'%s'" % table.replace("\\", "\\\\").replace("'", "''"), quote_ident(schema), quote_ident(name)))
-    sql = " UNION ALL ".join(parts) + ";"
-    out = {}
     try:
-        text = sources.psql(profile, sql, category)
+        text = sources.psql(profile, sources.row_count_query([t.split(".", 1) for t in tables]), category)
     except SarError:
-        # A table missing from the restored database: count them one by one to name it.
-        for table in tables:
-            try:
-                out.update(_count_rows(profile, [table], category)) if len(tables) > 1 else None
-            except SarError:
-                out[table] = None
         if len(tables) == 1:
             return {tables[0]: None}
+        out = {}
+        for table in tables:  # one by one, to name the table that is missing
+            out.update(_count_rows(profile, [table], category))
         return out
-    records = [r for r in text.split("\0") if r.strip()]
-    for record in records:
-        name, _sep, count = record.strip("\n").rpartition("|")
-        if name and count.isdigit():
-            out[name] = int(count)
-    return out
-
-
-def _remove_tree(path: str) -> None:
-    if not os.path.lexists(path):
-        return
-    for top, dirs, _files in os.walk(path):
-        for name in dirs:
-            sub = os.path.join(top, name)
-            if not os.path.islink(sub):
-                try:
-                    os.chmod(sub, 0o700)
-                except OSError:
-                    pass
-    shutil.rmtree(path, ignore_errors=True)
+    return sources.parse_row_counts(text.split("\0"))
 
 
 def run_drill(store, job_name: str, **kwargs) -> dict:
     return Drill(store, job_name, **kwargs).execute()
 
 
-__all__ = ["Drill", "run_drill", "choose_target", "scratch_database_name", "time"]
+__all__ = ["Drill", "run_drill", "choose_target", "scratch_database_name"]

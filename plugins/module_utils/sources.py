@@ -450,6 +450,24 @@ def dump_argv(source: Source, profile: dict, dest_path: str, empty: bool = False
     return argv
 
 
+def row_count_query(tables: list) -> str:
+    """One query counting the rows of every (schema, name) table: records `schema.name|count`."""
+    from .dumpguard import quote_ident  # local: dumpguard imports this module
+    return " UNION ALL ".join("SELECT %s || '.' || %s, (SELECT count(*) FROM %s.%s)" % (
+        _sql_literal(schema), _sql_literal(name), quote_ident(schema), quote_ident(name))
+        for schema, name in tables) + ";"
+
+
+def parse_row_counts(records) -> dict:
+    """{schema.name: rows} from the records of row_count_query()."""
+    out = {}
+    for record in records:
+        name, _sep, count = record.strip("\n").rpartition("|")
+        if name and count.isdigit():
+            out[name] = int(count)
+    return out
+
+
 def _count_into(snap, tables: list, counted: dict) -> None:
     try:
         counted.update(snap.count(tables))
@@ -500,18 +518,10 @@ class _Snapshot:
             out.append(line)
 
     def count(self, tables: list) -> dict:
-        from .dumpguard import quote_ident  # local: dumpguard imports this module
         if not tables:
             return {}
-        parts = ["SELECT %s || '.' || %s, (SELECT count(*) FROM %s.%s)" % (
-            _sql_literal(schema), _sql_literal(name), quote_ident(schema), quote_ident(name)) for schema, name in tables]
-        out = {}
-        sql = "SAVEPOINT sar_count;\n%s;\nROLLBACK TO SAVEPOINT sar_count;" % " UNION ALL ".join(parts)
-        for line in self.query(sql):
-            name, _sep, count = line.rpartition("|")
-            if count.isdigit():
-                out[name] = int(count)
-        return out
+        return parse_row_counts(self.query("SAVEPOINT sar_count;\n%s\nROLLBACK TO SAVEPOINT sar_count;"
+                                           % row_count_query(tables)))
 
     def close(self) -> None:
         try:

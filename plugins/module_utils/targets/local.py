@@ -15,16 +15,37 @@ from ..fsutil import fsync_dir
 from .base import CHUNK, RemoteFile, Target, job_dir, partial_name
 
 
+def _publish(partial: str, dest_dir: str, name: str, where: str, map_error, fill) -> None:
+    """`fill()` writes and checks the partial file; then it gets its name - never over an existing
+    archive (we hold the maintenance lock: no race) - and the folder is fsynced. On any failure the
+    partial is removed and earlier files stay as they were; OSErrors become TargetError via `map_error`."""
+    try:
+        fill()
+        final = os.path.join(dest_dir, name)
+        if os.path.lexists(final):
+            raise TargetError("%s: %s already exists; an archive is never replaced" % (where, name), errors.FAILED)
+        os.replace(partial, final)
+        fsync_dir(dest_dir)
+    except BaseException as exc:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise map_error(exc, where) from exc
+        raise
+
+
 def copy_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str = "", map_error=None) -> None:
     """Copy `src_path` (`size` bytes) to dest_dir/name: written as
-    partial_name(name) in CHUNK pieces, fsync, rename, fsync of the folder. On
+    partial_name(name) in CHUNK pieces, fsync, rename, fsync of the folder (_publish). On
     any failure the partial is removed and earlier files stay as they were;
     OSErrors become TargetError via `map_error` (ENOSPC -> diskFull)."""
     where = where or dest_dir
-    map_error = map_error or os_error
     partial = os.path.join(dest_dir, partial_name(name))
-    copied = 0
-    try:
+
+    def fill() -> None:
+        copied = 0
         with open(src_path, "rb") as src:
             # Created 0600 at once: no chmod, which FAT filesystems refuse.
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -42,19 +63,7 @@ def copy_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str =
         if copied != size:
             raise TargetError("%s: the archive %s changed while it was copied (%d bytes read, %d expected)"
                               % (where, name, copied, size), errors.FAILED)
-        final = os.path.join(dest_dir, name)
-        if os.path.lexists(final):  # never replace an archive (we hold the maintenance lock: no race)
-            raise TargetError("%s: %s already exists; an archive is never replaced" % (where, name), errors.FAILED)
-        os.replace(partial, final)
-        fsync_dir(dest_dir)
-    except BaseException as exc:
-        try:
-            os.unlink(partial)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise map_error(exc, where) from exc
-        raise
+    _publish(partial, dest_dir, name, where, map_error or os_error, fill)
 
 
 # A local target on the filesystem of staging takes the finished archive by a hard link (link_atomic)
@@ -82,7 +91,8 @@ def link_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str =
         os.link(src_path, partial)
     except OSError:
         return False  # the copy either works or says what is wrong with the folder
-    try:
+
+    def fill() -> None:
         fd = os.open(partial, os.O_RDONLY)
         try:
             linked = os.fstat(fd).st_size
@@ -92,19 +102,7 @@ def link_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str =
         if linked != size:
             raise TargetError("%s: the archive %s changed before it was delivered (%d bytes, %d expected)"
                               % (where, name, linked, size), errors.FAILED)
-        final = os.path.join(dest_dir, name)
-        if os.path.lexists(final):  # never replace an archive (we hold the maintenance lock: no race)
-            raise TargetError("%s: %s already exists; an archive is never replaced" % (where, name), errors.FAILED)
-        os.replace(partial, final)
-        fsync_dir(dest_dir)
-    except BaseException as exc:
-        try:
-            os.unlink(partial)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise map_error(exc, where) from exc
-        raise
+    _publish(partial, dest_dir, name, where, map_error, fill)
     return True
 
 
