@@ -15,7 +15,7 @@ DEB_PACKAGES := postgresql postgresql-client openssh-server openssh-client samba
 	zstd age rsync openssl udev fusefat exfat-fuse systemd util-linux e2fsprogs dosfstools exfatprogs python3-venv \
 	prometheus chromium
 
-.PHONY: all deps venv collection demo test sanity units lint integration molecule bench clean
+.PHONY: all deps venv collection demo test sanity units lint integration molecule reliability soak bench clean
 
 all: test
 
@@ -61,10 +61,21 @@ integration: collection
 molecule: collection
 	cd $(COLL)/extensions && molecule test --all
 
-test: sanity units lint integration molecule
+# The product's own proof suite (tests/reliability, docs/reliability.md): hostile archives, fuzzed
+# schemas. Bounded here (a few minutes); `make soak` runs the long form (SAR_SOAK=1: variants,
+# seeded random combinations, larger bombs, thousands of fuzz examples).
+reliability: collection
+	$(PY) -m pytest -p no:cacheprovider tests/reliability -q
 
+soak: collection
+	SAR_SOAK=1 $(PY) -m pytest -p no:cacheprovider tests/reliability -q
+
+test: sanity units lint integration molecule reliability
+
+# Every bench in bench/ -> docs/benchmarks.md (+ docs/benchmarks-run.png); about 20 minutes.
+# `make bench BENCH_4GB=1` adds the 4 GB point of the whole-run bench (much longer).
 bench: collection
-	$(PY) bench/run.py
+	BENCH_RUN_4GB=$(if $(BENCH_4GB),1,0) $(PY) bench/run.py
 
 clean:
 	rm -rf .build tests/output

@@ -86,6 +86,9 @@ MAX_NAMES_TOTAL = 8 * 1024 * 1024
 # (NAME_MAX) and one link target (PATH_MAX - 1).
 MAX_NAME = 4096
 MAX_COMPONENT = 255
+# Directory levels in one member name: PATH_MAX alone would allow 2048 ("a/a/..."), and extraction,
+# verification and removal walk each level; an appliance's trees are a few dozen levels deep.
+MAX_DEPTH = 256
 MAX_LINK_TARGET = 4095
 # Extended tar headers are refused before tarfile reads them into memory: a pax header of a real
 # member holds a long or non-ASCII name (a few hundred bytes), a GNU long name header one name.
@@ -270,6 +273,8 @@ def path_problem(name, what: str = "path") -> str | None:
         return "has '..' in its path"
     if "" in parts or "." in parts:
         return "is not in canonical form (empty or '.' components)"
+    if len(parts) > MAX_DEPTH:
+        return "is more than %d directories deep" % MAX_DEPTH
     raw = _encoded(name)
     if raw is None:
         return "is not a valid file name (unencodable characters)"

@@ -483,19 +483,29 @@ def _remove_leftovers(origin: str, kind: str, log=None) -> None:
 
 
 def _remove_tree(path: str) -> None:
-    """rmtree that also removes trees whose directories are read-only (their archived modes)."""
-    if not os.path.lexists(path):
+    """rm -rf that also removes trees whose directories are read-only (their archived modes), walking
+    with a stack of its own (no recursion limit, whatever a killed restore or a hostile archive left)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return
-    if os.path.isdir(path) and not os.path.islink(path):
-        for top, dirs, _files in os.walk(path):
-            for name in dirs:
-                sub = os.path.join(top, name)
-                if not os.path.islink(sub):
-                    os.chmod(sub, 0o700)
-        os.chmod(path, 0o700)
-        shutil.rmtree(path)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
+        return
+    stack = [(path, False)]
+    while stack:
+        current, listed = stack.pop()
+        if listed:
+            os.rmdir(current)
+            continue
+        os.chmod(current, 0o700)
+        stack.append((current, True))
+        with os.scandir(current) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, False))
+                else:
+                    os.unlink(entry.path)
 
 
 def _recreate_links(root: str, entries: list) -> None:

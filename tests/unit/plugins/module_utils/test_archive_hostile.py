@@ -306,6 +306,30 @@ def test_member_count_and_name_limits(tmp_path, monkeypatch):
     _refused(path, "symlink target is longer than 4095 bytes")
 
 
+def test_depth_cap_read_and_written_alike(tmp_path, monkeypatch):
+    """PATH_MAX allows 2048 levels ("d/d/..."): every level costs extraction, verification and removal a
+    walk, so a member more than archive.MAX_DEPTH levels deep is refused by the reader and the writer."""
+    deep = T0 + "/" + "/".join(["d"] * (archive.MAX_DEPTH - 3))
+    assert archive.path_problem(deep) is None  # 256 components: at the cap
+    path = _sar(tmp_path / "deep.sar", _manifest(T0), [_m(T0), _m(deep + "/f", b"x")])
+    _refused(path, r"its name is more than 256 directories deep")
+    monkeypatch.setattr(archive, "MAX_DEPTH", 6)
+    tree = tmp_path / "tree"
+    (tree / "a" / "b" / "c").mkdir(parents=True)
+    (tree / "a" / "b" / "ok").write_bytes(b"x")  # files/core/0/a/b/ok: 6 levels
+    writer = archive.ArchiveWriter(str(tmp_path / "w.sar"))
+    writer.add_manifest(_manifest(T0))
+    writer.add_tree(T0, str(tree))  # files/core/0/a/b/c is 6 levels: fine
+    writer.abort()
+    (tree / "a" / "b" / "c" / "too-deep").write_bytes(b"x")
+    writer = archive.ArchiveWriter(str(tmp_path / "w2.sar"))
+    writer.add_manifest(_manifest(T0))
+    with pytest.raises(SourceError, match="too-deep'.*more than 6 directories deep"):
+        writer.add_tree(T0, str(tree))
+    writer.abort()
+    assert not os.path.exists(str(tmp_path / "w2.sar"))
+
+
 @pytest.mark.parametrize("field,value", [("mtime", float("inf")), ("mtime", 2 ** 50), ("uid", 2 ** 40),
                                          ("gid", -5), ("uname", "x" * 300)])
 def test_implausible_member_metadata_refused(tmp_path, field, value):
