@@ -297,7 +297,7 @@ def test_full_local_target_keeps_earlier_archive_and_other_target_succeeds(tmp_p
 
 # -- 4./5. killed runs -----------------------------------------------------------------------
 CHILD = r'''
-import builtins, os, sys, time
+import builtins, errno, os, sys, time
 sys.path.insert(0, os.environ["SAR_TEST_COLLECTIONS"])
 MARKER = os.environ["SAR_TEST_MARKER"]
 PAUSE_OPEN = os.environ.get("SAR_TEST_PAUSE_OPEN")                # basename of a source file
@@ -355,6 +355,12 @@ def fsync_hook(fd):
 
 builtins.open = open_hook
 os.fsync = fsync_hook
+if os.environ.get("SAR_TEST_NO_LINK"):
+    # A copy to pause in the middle of, as to a target on another filesystem than staging (EXDEV).
+    def no_link(*_args, **_kwargs):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    os.link = no_link
 from ansible_collections.sar.backup.plugins.module_utils import cli
 sys.exit(cli.main(sys.argv[1:]))
 '''
@@ -369,6 +375,8 @@ def start_paused_run(host: Host, **pause) -> tuple:
     log = os.path.join(host.tmp, "child.log")
     env = dict(os.environ, SAR_TEST_COLLECTIONS=collections_path(), SAR_TEST_MARKER=marker)
     env.update({"SAR_TEST_PAUSE_%s" % k.upper(): str(v) for k, v in pause.items()})
+    if "read" in pause:
+        env["SAR_TEST_NO_LINK"] = "1"
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, script, "--config-dir", host.store.config_dir, "run", JOB],
                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env)

@@ -161,7 +161,7 @@ def plan_id(entry) -> str:
 
 # -- the child: the real CLI behind a wrapper that only decides when ---------------------------
 CHILD = r'''
-import builtins, os, sys, threading, time
+import builtins, errno, os, sys, threading, time
 sys.path.insert(0, os.environ["SAR_TEST_COLLECTIONS"])
 from ansible_collections.sar.backup.plugins.module_utils import archive, cli, restore, runner, sources
 from ansible_collections.sar.backup.plugins.module_utils.targets import base
@@ -268,6 +268,14 @@ def open_hook(file, mode="r", *args, **kwargs):
 
 
 builtins.open = open_hook
+
+if kind == "upload" and POINT[1] == "local":
+    # A local target on staging's filesystem takes the archive by a hard link (nothing to read, no moment
+    # inside): this round pauses a copy, as on a target on another filesystem (EXDEV).
+    def no_link(*_args, **_kwargs):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    os.link = no_link
 
 _deliver_one = runner.Run.deliver_one
 

@@ -67,10 +67,9 @@ def copy_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str =
 
 
 # A local target on the filesystem of staging takes the finished archive by a hard link (link_atomic)
-# instead of a second copy. Off until the kill tests that pause a local target in the middle of its copy
-# (tests/integration/test_reliability.py "mid-copy", tests/reliability/test_kills.py local "upload") make
-# their target copy (os.link refused, as on another filesystem): on one filesystem nothing is copied.
-LINK_FROM_STAGING = False
+# instead of a second copy; elsewhere (EXDEV, links refused) it copies (copy_atomic). The kill tests that
+# pause a local target in the middle of its copy refuse os.link in their child to get a copy to pause.
+LINK_FROM_STAGING = True
 
 
 def link_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str = "", map_error=None) -> bool:
