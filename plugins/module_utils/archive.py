@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import errno
 import grp
 import gzip
@@ -25,6 +26,7 @@ import os
 import posixpath
 import pwd
 import queue
+import re
 import stat
 import sys
 import tarfile
@@ -138,6 +140,51 @@ class _MemberRow:
 
 class _LinkRow:
     """The same for the entries of links members."""
+
+
+# -- naming and the manifest: what an archive is called and what it declares about itself ---------
+# <job>_<host>_<YYYYMMDDTHHMMSSZ>.sar (UTC); an upload's temporary name never ends in .sar.
+ARCHIVE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_[A-Za-z0-9-]+_\d{8}T\d{6}Z\.sar$")
+_NAME_TIME = "%Y%m%dT%H%M%SZ"
+
+
+def archive_name(job: str, host: str, moment: datetime.datetime) -> str:
+    """<job>_<host>_<YYYYMMDDTHHMMSSZ>.sar (UTC)."""
+    return "%s_%s_%s.sar" % (job, host, moment.astimezone(datetime.timezone.utc).strftime(_NAME_TIME))
+
+
+def archive_pattern(job: str) -> re.Pattern:
+    """Names of this job's archives: <job>_<host>_<YYYYMMDDTHHMMSSZ>.sar."""
+    return re.compile(r"^%s_[A-Za-z0-9-]+_\d{8}T\d{6}Z\.sar$" % re.escape(job))
+
+
+def partial_name(name: str) -> str:
+    """Temporary name an upload uses until it is complete (never ends in .sar)."""
+    return ".%s.partial" % name
+
+
+def partial_pattern(job: str) -> re.Pattern:
+    """This job's leftover partials (and nothing else: retention removes only these)."""
+    return re.compile(r"^\.%s_[A-Za-z0-9-]+_\d{8}T\d{6}Z\.sar\.partial$" % re.escape(job))
+
+
+def new_manifest(*, job: str, host: str, created: str, categories, compression: str, encryption, sources,
+                 tool: str) -> dict:
+    """The manifest of an archive written now (FORMAT_VERSION): `encryption` is the job's encryption
+    option (None, {passphrase: ...} or {recipients: [...]}: only its kind is recorded, never a secret);
+    `sources` the archived sources, in member order. ArchiveWriter.add_manifest validates it as readers do."""
+    return {
+        "format": FORMAT_VERSION,
+        "tool": tool,
+        "job": job,
+        "host": host,
+        "created": created,
+        "categories": list(categories),
+        "compression": compression,
+        "encrypted": bool(encryption),
+        "encryption": (None if not encryption else ("passphrase" if encryption.get("passphrase") else "recipients")),
+        "sources": list(sources),
+    }
 
 
 def _member_row(name: str, kind: str, size: int) -> dict:
@@ -2115,4 +2162,5 @@ def extract_routed(path: str, routes: dict, passphrase: str | None = None, ident
 
 __all__ = ["ArchiveWriter", "read_manifest", "verify", "scan", "extract", "extract_routed", "open_members",
            "validate_manifest", "parse_links", "parse_checksums", "checksum_line", "path_problem", "size_cap",
-           "MANIFEST", "CHECKSUMS", "SIGNATURE", "COMPRESSIONS", "LINKS_SUFFIX", "FORMAT_VERSION", "FORMATS"]
+           "MANIFEST", "CHECKSUMS", "SIGNATURE", "ARCHIVE_NAME_RE", "archive_name", "archive_pattern", "partial_name",
+           "partial_pattern", "new_manifest", "COMPRESSIONS", "LINKS_SUFFIX", "FORMAT_VERSION", "FORMATS"]

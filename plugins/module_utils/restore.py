@@ -37,9 +37,7 @@ from .fsutil import clean_staging, short_hostname
 from .job import CATEGORIES
 from .lock import MaintenanceLock
 from .targets import job_target
-from .targets.base import CHUNK, archive_pattern
-
-_ARCHIVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_[A-Za-z0-9-]+_\d{8}T\d{6}Z\.sar$")
+from .targets.base import CHUNK
 
 
 def parse_identities(text: str | None) -> list | None:
@@ -136,7 +134,7 @@ class Restore:
                  lock_held: bool = False):
         if bool(path) == bool(job):
             raise ValidationError("path", "give either path (a .sar on the host) or job (and target, archive)")
-        if archive_name != "latest" and not _ARCHIVE_NAME.match(archive_name or ""):
+        if archive_name != "latest" and not archive.ARCHIVE_NAME_RE.match(archive_name or ""):
             raise ValidationError("archive", "must be 'latest' or an archive name like "
                                   "<job>_<host>_<YYYYMMDDTHHMMSSZ>.sar, got %r" % archive_name)
         if not isinstance(target, int) or isinstance(target, bool) or target < 0:
@@ -200,7 +198,7 @@ class Restore:
                     raise SarError("no archive of job %r on target %d (%s)" % (job["name"], self.target, tgt.location()))
                 entry = found[0]
             else:
-                if not archive_pattern(job["name"]).match(self.archive_name):
+                if not archive.archive_pattern(job["name"]).match(self.archive_name):
                     raise ValidationError("archive", "%r is not an archive name of job %r" % (self.archive_name, job["name"]))
                 matches = [e for e in found if e.name == self.archive_name]
                 if not matches:

@@ -17,12 +17,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import errors, hooks, ping, report, schedule, signing, sources
-from .archive import FORMAT_VERSION, ArchiveWriter
+from .archive import ArchiveWriter, archive_name, archive_pattern, new_manifest, partial_name
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
 from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
 from .targets import target_class
-from .targets.base import TargetContext, archive_pattern, partial_name
+from .targets.base import TargetContext
 
 VERSION = "0.1.0"
 
@@ -33,11 +33,6 @@ def _now() -> datetime.datetime:
 
 def _iso(moment: datetime.datetime) -> str:
     return moment.astimezone().isoformat(timespec="seconds")
-
-
-def archive_name(job: str, host: str, moment: datetime.datetime) -> str:
-    """<job>_<host>_<YYYYMMDDTHHMMSSZ>.sar (UTC)."""
-    return "%s_%s_%s.sar" % (job, host, moment.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
 
 
 class Run:
@@ -301,19 +296,9 @@ class Run:
 
     def manifest(self, plan) -> dict:
         job = self.job
-        enc = job.get("encryption")
-        return {
-            "format": FORMAT_VERSION,
-            "tool": "sar-backup %s" % VERSION,
-            "job": job["name"],
-            "host": self.host,
-            "created": _iso(self.started),
-            "categories": list(job["data"]),
-            "compression": job["compression"],
-            "encrypted": bool(enc),
-            "encryption": (None if not enc else ("passphrase" if enc.get("passphrase") else "recipients")),
-            "sources": self.source_report(plan),
-        }
+        return new_manifest(job=job["name"], host=self.host, created=_iso(self.started), categories=job["data"],
+                            compression=job["compression"], encryption=job.get("encryption"),
+                            sources=self.source_report(plan), tool="sar-backup %s" % VERSION)
 
     def signer(self):
         """The host's signing key (made on the first run): every archive says which host made it."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 from dataclasses import dataclass, field
 
 from .. import errors, retention
+# The format's names, where every target takes them from.
+from ..archive import archive_pattern, partial_name, partial_pattern  # pylint: disable=unused-import
 from ..errors import TargetError
 
 ROOT_DIR = "starface-backup"
@@ -36,20 +37,6 @@ class RemoteFile:
     name: str
     size: int
     mtime: float  # epoch seconds
-
-
-def archive_pattern(job: str) -> re.Pattern:
-    """Names of this job's archives: <job>_<host>_<YYYYMMDDTHHMMSSZ>.sar."""
-    return re.compile(r"^%s_[A-Za-z0-9-]+_\d{8}T\d{6}Z\.sar$" % re.escape(job))
-
-
-def partial_name(name: str) -> str:
-    """Temporary name an upload uses until it is complete (never ends in .sar)."""
-    return ".%s.partial" % name
-
-
-def partial_pattern(job: str) -> re.Pattern:
-    return re.compile(r"^\.%s_[A-Za-z0-9-]+_\d{8}T\d{6}Z\.sar\.partial$" % re.escape(job))
 
 
 class Target:

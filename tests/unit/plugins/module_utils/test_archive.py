@@ -705,3 +705,28 @@ def test_extract_routed_verifies_first_and_writes_nothing_when_damaged(tmp_path,
     with pytest.raises(ArchiveError):
         archive.extract_routed(str(path), {"files/core/0": str(dest), "db/core.pgdump": str(tmp_path / "dump")})
     assert os.listdir(str(dest)) == [] and not (tmp_path / "dump").exists()
+
+
+def test_names_and_manifest_belong_to_the_format(tmp_path):
+    """archive.py names archives and writes the manifest; what it writes its readers accept, and an
+    encryption option is recorded by kind only (never its secret)."""
+    import datetime  # pylint: disable=import-outside-toplevel
+    moment = datetime.datetime(2026, 3, 29, 0, 30, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
+    name = archive.archive_name("nightly", "pbx-1", moment)
+    assert name == "nightly_pbx-1_20260328T223005Z.sar"
+    assert archive.ARCHIVE_NAME_RE.match(name) and archive.archive_pattern("nightly").match(name)
+    assert not archive.archive_pattern("night").match(name)
+    partial = archive.partial_name(name)
+    assert partial == ".nightly_pbx-1_20260328T223005Z.sar.partial" and not partial.endswith(".sar")
+    assert archive.partial_pattern("nightly").match(partial) and not archive.partial_pattern("nightly").match(name)
+    manifest = archive.new_manifest(job="nightly", host="pbx-1", created="2026-03-29T00:30:05+02:00",
+                                    categories=["core"], compression="zstd",
+                                    encryption={"passphrase": "very secret words"},
+                                    sources=[{"category": "core", "kind": "files", "origin": "/srv/core",
+                                              "member": "files/core/0", "size": 1, "files": 1}], tool="sar-backup t")
+    assert manifest["format"] == archive.FORMAT_VERSION and manifest["encryption"] == "passphrase"
+    assert "very secret words" not in json.dumps(manifest)
+    archive.validate_manifest(manifest)
+    future = dict(manifest, format=archive.FORMAT_VERSION + 1)
+    with pytest.raises(ArchiveError, match="format"):
+        archive.validate_manifest(future)
