@@ -18,9 +18,9 @@ import re
 from . import hooks, ping
 from .errors import ValidationError
 from .fsutil import parse_duration, parse_size
+from .targets.types import COMMON_OPTIONS, REQUIRED, TYPES, check_email
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$|^[^@\s,;<>]+@localhost$")
 START_FORMAT = "%Y-%m-%d %H:%M"
 MASK = "********"
 
@@ -28,9 +28,6 @@ INTERVALS = ("manual", "hourly", "daily", "weekly", "monthly")
 REPORT_ON = ("failure", "always", "never")
 CATEGORIES = ("core", "cdr_voicemail", "announcements")
 COMPRESSIONS = ("zstd", "gzip")
-VERIFY_MODES = ("size", "full")
-SMB_SECURITY = ("negotiate", "ntlm", "kerberos")
-HOST_KEY_POLICIES = ("strict", "accept_new")
 
 DEFAULTS = {
     "state": "present",
@@ -55,59 +52,9 @@ SECRET_KEYS = frozenset((
     "url",  # ping.url: a healthchecks-style ping URL is the check's credential
 ))
 
-# Per target type: option -> (kind, default). kind: str|int|bool|size|list|choice tuple.
-# `None` default = optional without default; REQUIRED = must be given.
-REQUIRED = object()
-COMMON_TARGET_OPTIONS = {
-    "keep": ("int", 7),
-    # Calendar retention (retention.py): the newest archive of each of the last N days/weeks/months/years.
-    "keep_daily": ("int", 0),
-    "keep_weekly": ("int", 0),
-    "keep_monthly": ("int", 0),
-    "keep_yearly": ("int", 0),
-    "verify": (VERIFY_MODES, "size"),
-}
-TARGET_OPTIONS = {
-    "local": {
-        "path": ("str", None),  # None: the host's archive_dir setting
-    },
-    "smb": {
-        "server": ("str", REQUIRED),
-        "port": ("int", 445),
-        "share": ("str", REQUIRED),
-        "username": ("str", REQUIRED),
-        "password": ("str", None),
-        "security": (SMB_SECURITY, "negotiate"),
-        "encrypt": ("bool", True),
-    },
-    "sftp": {
-        "server": ("str", REQUIRED),
-        "port": ("int", 22),
-        "username": ("str", REQUIRED),
-        "password": ("str", None),
-        "private_key": ("str", None),
-        "private_key_passphrase": ("str", None),
-        "path": ("str", "."),
-        "host_key": ("str", None),
-        "host_key_policy": (HOST_KEY_POLICIES, "strict"),
-    },
-    "dropbox": {
-        "app_key": ("str", None),
-        "app_secret": ("str", None),
-        "refresh_token": ("str", None),
-        "access_token": ("str", None),
-        "path": ("str", "/"),
-    },
-    "usb": {
-        "label": ("str", None),
-        "uuid": ("str", None),
-        "mount_options": ("str", ""),
-    },
-    "email": {
-        "to": ("list", REQUIRED),
-        "max_size": ("size", 20 * 1000 * 1000),
-    },
-}
+# Target types, their options and rules: targets/types.py (one place per type).
+COMMON_TARGET_OPTIONS = COMMON_OPTIONS
+TARGET_OPTIONS = {name: ttype.options for name, ttype in TYPES.items()}
 ALL_TARGET_OPTIONS = sorted({"type"} | set(COMMON_TARGET_OPTIONS)
                             | {o for opts in TARGET_OPTIONS.values() for o in opts})
 
@@ -170,11 +117,6 @@ def _bounded(parse, value, field: str) -> int:
         raise ValidationError(field, "is too large, got %s" % ("%r" % (value,))[:40]) from None
 
 
-def _check_email(address: str, field: str) -> None:
-    if not EMAIL_RE.match(address):
-        raise ValidationError(field, "%r is not an e-mail address" % address)
-
-
 def validate_target(raw, index: int) -> dict:
     """Normalize one target; `targets[i].option` names the bad field."""
     prefix = "targets[%d]" % index
@@ -203,65 +145,8 @@ def validate_target(raw, index: int) -> dict:
             raise ValidationError(field, "is required for %s targets" % ttype)
         else:
             out[key] = default
-    _check_target_rules(out, prefix)
+    TYPES[ttype].rules(out, prefix)
     return out
-
-
-def _check_target_rules(t: dict, prefix: str) -> None:
-    ttype = t["type"]
-    if ttype == "local" and t["path"] is not None and not t["path"].startswith("/"):
-        raise ValidationError(prefix + ".path", "must be an absolute path, got %r" % t["path"])
-    if ttype in ("smb", "sftp"):
-        server = t["server"]
-        if "://" in server or "/" in server or re.search(r"\s", server):
-            raise ValidationError(prefix + ".server",
-                                  "must be a host name or IP address without protocol or path, got %r" % server)
-        if not 0 < t["port"] < 65536:
-            raise ValidationError(prefix + ".port", "must be between 1 and 65535, got %d" % t["port"])
-    if ttype == "smb":
-        share = t["share"].replace("\\", "/").strip("/")
-        if not share or any(part in ("", ".", "..") for part in share.split("/")):
-            raise ValidationError(prefix + ".share", "must be 'share' or 'share/sub/dirs', got %r" % t["share"])
-        t["share"] = share
-        if t["security"] != "kerberos" and t["password"] is None:
-            raise ValidationError(prefix + ".password", "is required unless security is kerberos")
-    if ttype == "sftp":
-        if t["password"] is not None and t["private_key"] is not None:
-            raise ValidationError(prefix + ".password", "give either password or private_key, not both")
-        if t["password"] is None and t["private_key"] is None:
-            raise ValidationError(prefix + ".password", "one of password or private_key is required")
-        if t["private_key_passphrase"] is not None and t["private_key"] is None:
-            raise ValidationError(prefix + ".private_key_passphrase", "only applies with private_key")
-        if t["private_key"] is not None and "PRIVATE KEY" not in t["private_key"]:
-            raise ValidationError(prefix + ".private_key", "must be a PEM/OpenSSH private key (its text, not a path)")
-        if t["host_key"] is not None:
-            key = t["host_key"].strip()
-            if not (re.match(r"^SHA256:[A-Za-z0-9+/]{43}=?$", key)
-                    or re.match(r"^(ssh-|ecdsa-|sk-)[\w@.-]+ [A-Za-z0-9+/]+=*( .*)?$", key)):
-                raise ValidationError(prefix + ".host_key",
-                                      "must be an OpenSSH public key line ('type base64 [comment]') "
-                                      "or a 'SHA256:...' fingerprint")
-            t["host_key"] = key
-            if t["host_key_policy"] == "accept_new":
-                raise ValidationError(prefix + ".host_key_policy", "accept_new cannot be combined with a pinned host_key")
-        if not (t["path"] == "." or t["path"].startswith("/")):
-            raise ValidationError(prefix + ".path", "must be an absolute path or '.', got %r" % t["path"])
-    if ttype == "dropbox":
-        if t["refresh_token"] is not None and t["access_token"] is not None:
-            raise ValidationError(prefix + ".refresh_token", "give either refresh_token or access_token, not both")
-        if t["refresh_token"] is None and t["access_token"] is None:
-            raise ValidationError(prefix + ".refresh_token", "one of refresh_token or access_token is required")
-        if t["refresh_token"] is not None and t["app_key"] is None:
-            raise ValidationError(prefix + ".app_key", "is required with refresh_token")
-        if not t["path"].startswith("/"):
-            raise ValidationError(prefix + ".path", "must start with '/', got %r" % t["path"])
-    if ttype == "usb" and t["label"] is not None and t["uuid"] is not None:
-        raise ValidationError(prefix + ".uuid", "give either label or uuid, not both")
-    if ttype == "email":
-        if not t["to"]:
-            raise ValidationError(prefix + ".to", "needs at least one address")
-        for i, addr in enumerate(t["to"]):
-            _check_email(addr, "%s.to[%d]" % (prefix, i))
 
 
 def validate_name(name) -> str:
@@ -309,7 +194,7 @@ def validate_job(raw: dict, require_targets: bool = True) -> dict:
         raise ValidationError("state", "must be present or absent, got %r" % (job["state"],))
     job["report_to"] = _coerce("list", job["report_to"], "report_to")
     for i, addr in enumerate(job["report_to"]):
-        _check_email(addr, "report_to[%d]" % i)
+        check_email(addr, "report_to[%d]" % i)
     job["report_on"] = _coerce(REPORT_ON, job["report_on"], "report_on")
     job["interval"] = _coerce(INTERVALS, job["interval"], "interval")
     if job["interval"] == "manual":

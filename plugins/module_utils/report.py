@@ -9,6 +9,7 @@ import os
 
 from .errors import SarError
 from .fsutil import atomic_write_json, read_json
+from .targets import types as target_types
 
 STATUS_FORMAT = 1
 
@@ -74,7 +75,6 @@ def write_drill(settings: dict, job: str, drill: dict) -> str:
 # -- monitoring -----------------------------------------------------------------
 CHECKMK_SECTION = "<<<starface_backups>>>"
 CHECKMK_PREFIX = "de.vertico.backup."
-TAGS = {"local": "[HDD]", "smb": "[SMB]", "sftp": "[SFTP]", "dropbox": "[DROPBOX]", "usb": "[USB]", "email": "[MAIL]"}
 
 
 def all_statuses(settings: dict, jobs: list) -> dict:
@@ -91,7 +91,7 @@ def checkmk_section(statuses: dict) -> str:
         if not status:
             continue
         for target in status.get("targets", []):
-            tag = TAGS.get(target.get("type"), "[%s]" % str(target.get("type", "")).upper())
+            tag = target_types.tag(target.get("type"))
             lines.append("%s%s %d %s%s" % (tag, target.get("location") or "", int(status.get("started_epoch_ms", 0)),
                                            CHECKMK_PREFIX, target.get("code", "failed")))
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from .archive import ArchiveWriter, archive_name, archive_pattern, new_manifest,
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
 from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
-from .targets import target_class
+from .targets import target_class, types as target_types
 from .targets.base import TargetContext
 
 VERSION = "0.1.0"
@@ -74,7 +74,7 @@ class Run:
         try:
             target = target_class(options["type"])(options, self.context())
             entry["location"] = target.location()
-            entry["tag"] = target.TAG
+            entry["tag"] = target_types.tag(options["type"])
         except Exception as exc:  # a broken target must not break the others
             entry["error"] = str(exc)
         return entry

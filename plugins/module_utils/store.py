@@ -13,7 +13,8 @@ import re
 
 from .errors import SarError, ValidationError
 from .fsutil import atomic_write_json, ensure_private_dir, parse_size, read_json
-from .job import CATEGORIES, EMAIL_RE, validate_job
+from .job import CATEGORIES, validate_job
+from .targets.types import EMAIL_RE
 
 DEFAULT_CONFIG_DIR = "/etc/sar-backup"
 CONFIG_DIR_ENV = "SAR_BACKUP_CONFIG_DIR"

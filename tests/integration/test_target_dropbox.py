@@ -142,7 +142,7 @@ def test_module_uses_the_sdk_not_itself():
     assert hasattr(dropbox_target.dropbox_sdk, "Dropbox")
     assert os.path.dirname(dropbox_sdk.__file__) != os.path.dirname(dropbox_target.__file__)
     assert dropbox_target.TARGET is dropbox_target.DropboxTarget
-    assert dropbox_target.DropboxTarget.TAG == "[DROPBOX]"
+    assert dropbox_target.DropboxTarget.TYPE == "dropbox"
 
 
 def test_local_content_hash_matches_dropbox_algorithm(tmp_path):

@@ -9,7 +9,9 @@ missing library only fails that target type (errors.MissingLibrary)."""
 
 from __future__ import annotations
 
-TARGET_TYPES = ("local", "smb", "sftp", "dropbox", "usb", "email")
+from .types import TYPES
+
+TARGET_TYPES = tuple(TYPES)  # options, rules and tags of each: types.py
 
 
 def target_class(type_name: str):

@@ -40,10 +40,9 @@ class RemoteFile:
 
 
 class Target:
-    """Base class. Subclasses set TYPE/TAG and implement the primitives."""
+    """Base class. Subclasses set TYPE (its options, rules and tag: types.py) and implement the primitives."""
 
     TYPE = ""
-    TAG = ""  # checkmk tag, e.g. "[HDD]"
     # Whether `verify: full` is done by re-reading (False: the target checks
     # a service-side hash in `verify_full` instead).
     RETRY_ATTEMPTS = 3

@@ -208,7 +208,6 @@ class _Download(io.RawIOBase):
 
 class DropboxTarget(Target):
     TYPE = "dropbox"
-    TAG = "[DROPBOX]"
 
     TIMEOUT = (30, 120)  # seconds: connect, then between two packets
     RETRIES = 5  # per request, for 5xx / connection errors / timeouts

@@ -33,7 +33,6 @@ MIME_TYPE = "application/octet-stream"
 
 class EmailTarget(Target):
     TYPE = "email"
-    TAG = "[MAIL]"
 
     @property
     def smtp(self) -> dict:

@@ -116,7 +116,6 @@ def os_error(exc: OSError, where: str) -> TargetError:
 
 class LocalTarget(Target):
     TYPE = "local"
-    TAG = "[HDD]"
 
     @property
     def base(self) -> str:

@@ -307,7 +307,6 @@ class SftpReader(io.RawIOBase):
 
 class SftpTarget(Target):
     TYPE = "sftp"
-    TAG = "[SFTP]"
 
     CONNECT_TIMEOUT = 30.0  # TCP connect, SSH banner, key exchange
     AUTH_TIMEOUT = 30.0

@@ -311,7 +311,6 @@ class SmbReader(io.RawIOBase):
 
 class SmbTarget(Target):
     TYPE = "smb"
-    TAG = "[SMB]"
 
     CONNECT_TIMEOUT = 30  # TCP connect and negotiate
     IO_TIMEOUT = 120  # no reply for this long = the connection is dead

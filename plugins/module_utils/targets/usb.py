@@ -234,7 +234,6 @@ def os_error(exc: OSError, where: str) -> TargetError:
 
 class UsbTarget(Target):
     TYPE = "usb"
-    TAG = "[USB]"
 
     def __init__(self, options: dict, ctx):
         super().__init__(options, ctx)
