@@ -4,7 +4,7 @@
 """Benchmark: a whole `sar-backup run` (the CLI, in a subprocess) against the pipeline an admin would script.
 
 The appliance (built once per size, outside the source tree, under the work dir
-`bench/output/run/`; the database part is rebuilt in a private PostgreSQL
+`<workdir>/run/`, /var/tmp/sar-backup-bench/run/ by default; the database part is rebuilt in a private PostgreSQL
 cluster per bench invocation, with the real server):
 
 - database `asterisk_<MB>` from tests/harness/appliance.py with a large `cdr`

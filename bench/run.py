@@ -32,7 +32,9 @@ import traceback
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-OUTPUT = os.path.join(BENCH, "output")
+OUTPUT = os.path.join(BENCH, "output")  # results.json (the page's memory of earlier runs)
+# Work files and the generated data sets: outside the source tree (SAR_BENCH_DIR to choose).
+WORKDIR = os.environ.get("SAR_BENCH_DIR") or "/var/tmp/sar-backup-bench"
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 DEFAULT_SIZE = 1000 * 1000 * 1000
 # Benches whose work dir holds a generated data set, kept so that re-runs skip generating it.
@@ -197,9 +199,10 @@ def render(results: list, facts: dict, size: int, argv: list) -> str:
         ".venv/bin/python bench/run.py --size 200MB   # a smaller data set",
         "```",
         "",
-        "Work files go to `bench/output/` (git-ignored; the archive and run benches keep their generated data sets "
-        "there so re-runs skip generating them). Numbers depend on the machine and on whatever else runs on it; compare "
-        "the ratios, which are measured in the same run on the same data.",
+        "Work files go to `%s` (outside the source tree; `SAR_BENCH_DIR` chooses another place; the archive and run "
+        "benches keep their generated data sets there so re-runs skip generating them). Numbers depend on the machine "
+        "and on whatever else runs on it; compare the ratios, which are measured in the same run on the same data."
+        % WORKDIR,
         "",
     ]
     return "\n".join(out)
@@ -225,7 +228,8 @@ def main(argv: list) -> int:
                         help="run only this bench (archive, local, sftp, smb, rollout...); may be repeated")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE,
                         help="data size for the sized benches, e.g. 200MB, 1GB, 512MiB (default 1GB)")
-    parser.add_argument("--workdir", default=OUTPUT, help="where work files go (default bench/output/)")
+    parser.add_argument("--workdir", default=WORKDIR,
+                        help="where work files and data sets go (default $SAR_BENCH_DIR or /var/tmp/sar-backup-bench)")
     parser.add_argument("--no-write", action="store_true", help="print the results, do not write docs/benchmarks.md")
     parser.add_argument("--keep-output", action="store_true", help="keep each bench's work dir (the archive data set is always kept)")
     args = parser.parse_args(argv)

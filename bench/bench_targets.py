@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: sar-backup engineers
+"""Benchmark: three targets at once (local + sftp + smb) against the slowest of them alone.
+
+A run delivers the finished archive to all of a job's targets at the same time (runner.Run.deliver:
+one thread per target). This bench calls that same code on a ready-made random archive in a child
+process, once with the three targets together and once with each alone, taken in turn, median of
+BENCH_REPEAT (3). The servers are the test harness's throwaway OpenSSH `sshd` and Samba `smbd` on
+127.0.0.1; the local target is a folder on another filesystem than the archive (/dev/shm), so it
+is a real copy as to a backup disk (on staging's own filesystem it would be a hard link and cost
+nothing). Aim (issue 10): together <= 1.1x the slowest alone.
+
+    python bench/bench_targets.py            # 1 GB
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from harness import smbd as smbd_harness  # noqa: E402  pylint: disable=wrong-import-position
+from harness.playbook import collections_path  # noqa: E402  pylint: disable=wrong-import-position
+from harness.sshd import SshServer, generate_key  # noqa: E402  pylint: disable=wrong-import-position
+
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+MB = 1000 * 1000
+NAME = "bench_host_20260101T000000Z.sar"
+
+# The runner's own parallel delivery, in a fresh interpreter; settings (with secrets) on stdin.
+CHILD = r"""
+import json, resource, sys, time
+settings = json.loads(sys.stdin.read())
+sys.path.insert(0, settings["collections_path"])
+from ansible_collections.sar.backup.plugins.module_utils import runner
+from ansible_collections.sar.backup.plugins.module_utils.job import validate_target
+
+
+class Store:
+    config_dir = settings["config_dir"]
+
+    @staticmethod
+    def settings():
+        return {"archive_dir": settings["config_dir"]}
+
+
+job = {"name": "bench", "targets": [validate_target(t, i) for i, t in enumerate(settings["targets"])]}
+run = runner.Run(job, Store())
+start = time.monotonic()
+entries = run.deliver(settings["path"], {"name": settings["name"], "size": settings["size"], "sha256": "0" * 64})
+seconds = time.monotonic() - start
+bad = [e for e in entries if e["status"] != "ok"]
+if bad:
+    sys.exit("delivery failed: %s" % bad)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": seconds, "peak_rss_kb": usage.ru_maxrss,
+                  "cpu_s": usage.ru_utime + usage.ru_stime}))
+"""
+
+
+def _random_file(path: str, size: int) -> None:
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 16 * 1024 * 1024))
+            handle.write(chunk)
+            left -= len(chunk)
+
+
+def _deliver(settings: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(settings), capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError("delivery child failed: %s" % proc.stderr.strip()[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _empty(path: str) -> None:
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            if name.endswith(".sar") or name.endswith(".partial"):
+                os.unlink(os.path.join(root, name))
+
+
+def run(workdir: str, size_bytes: int) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="bench-targets-", dir=workdir)
+    local_dir = tempfile.mkdtemp(prefix="sar-bench-local-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    src = os.path.join(scratch, NAME)
+    _random_file(src, size_bytes)
+    key_path = os.path.join(scratch, "id_ed25519")
+    sshd = SshServer(host_key_types=("ed25519",), log_level="ERROR")
+    smbd = smbd_harness.SmbServer(log_level=0)
+    try:
+        sshd.start()
+        sshd.add_authorized_key(generate_key(key_path, "ed25519"))
+        with open(key_path, encoding="ascii") as handle:
+            key = handle.read()
+        smbd.start()
+        sftp_dir = sshd.make_dir(os.path.join(sshd.home, "bench"))
+        targets = {
+            "local": {"type": "local", "path": local_dir, "keep": 0},
+            "sftp": {"type": "sftp", "server": "127.0.0.1", "port": sshd.port, "username": sshd.user,
+                     "private_key": key, "host_key": sshd.host_key_line("ssh-ed25519"), "path": sftp_dir, "keep": 0},
+            "smb": {"type": "smb", "server": "127.0.0.1", "port": smbd.port, "share": "share", "username": smbd.user,
+                    "password": smbd.password, "keep": 0},
+        }
+        variants = [("local", ["local"]), ("sftp", ["sftp"]), ("smb", ["smb"]), ("together", ["local", "sftp", "smb"])]
+        runs = {name: [] for name, _which in variants}
+        base = {"collections_path": collections_path(), "config_dir": scratch, "path": src, "name": NAME,
+                "size": size_bytes}
+        for _round in range(REPEAT):
+            for name, which in variants:
+                runs[name].append(_deliver(dict(base, targets=[targets[w] for w in which])))
+                for folder in (local_dir, sftp_dir, smbd.share_path("share")):
+                    _empty(folder)
+    finally:
+        sshd.stop()
+        smbd.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(local_dir, ignore_errors=True)
+    rows = []
+    med = {}
+    for name, which in variants:
+        seconds = statistics.median(r["seconds"] for r in runs[name])
+        med[name] = seconds
+        rows.append({"delivery": " + ".join(which) + (" (at once)" if len(which) > 1 else " alone"),
+                     "seconds": round(seconds, 3), "mb_s": round(size_bytes / MB / seconds, 1),
+                     "cpu_s": round(statistics.median(r["cpu_s"] for r in runs[name]), 2),
+                     "peak_rss_mb": round(max(r["peak_rss_kb"] for r in runs[name]) / 1024.0, 1),
+                     "runs_s": [round(r["seconds"], 3) for r in runs[name]]})
+    slowest = max(("local", "sftp", "smb"), key=lambda n: med[n])
+    return {
+        "title": "three targets at once vs the slowest alone",
+        "rows": rows,
+        "ratio": round(med["together"] / med[slowest], 3),
+        "notes": ("%.0f MB random archive; runner.Run.deliver (one thread per target, as in a run) in a child "
+                  "process; local target on /dev/shm (another filesystem than the archive: a real copy), sftp to "
+                  "the harness sshd (key auth, host key pinned), smb to the harness smbd (signed and encrypted, "
+                  "the defaults); retention off (keep 0), verify size. Median of %d rounds, variants taken in "
+                  "turn. ratio = at once / slowest alone (%s); aim <= 1.1. cpu_s = the child's CPU seconds "
+                  "(every thread); the servers run on the same cores." % (size_bytes / MB, REPEAT, slowest)),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(tempfile.gettempdir(), int(float(sys.argv[1]) * MB) if len(sys.argv) > 1 else 1000 * MB),
+                     indent=2))
