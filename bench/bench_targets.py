@@ -24,14 +24,16 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
+BENCH = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.join(os.path.dirname(BENCH), "tests")
+for _path in (TESTS, BENCH):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from harness import smbd as smbd_harness  # noqa: E402  pylint: disable=wrong-import-position
 from harness.playbook import collections_path  # noqa: E402  pylint: disable=wrong-import-position
 from harness.sshd import SshServer, generate_key  # noqa: E402  pylint: disable=wrong-import-position
+from bench_local import random_file  # noqa: E402  pylint: disable=wrong-import-position
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 MB = 1000 * 1000
@@ -68,15 +70,6 @@ print(json.dumps({"seconds": seconds, "peak_rss_kb": usage.ru_maxrss,
 """
 
 
-def _random_file(path: str, size: int) -> None:
-    with open(path, "wb") as handle:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 16 * 1024 * 1024))
-            handle.write(chunk)
-            left -= len(chunk)
-
-
 def _deliver(settings: dict) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(settings), capture_output=True,
                           text=True, check=False)
@@ -97,7 +90,7 @@ def run(workdir: str, size_bytes: int) -> dict:
     scratch = tempfile.mkdtemp(prefix="bench-targets-", dir=workdir)
     local_dir = tempfile.mkdtemp(prefix="sar-bench-local-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     src = os.path.join(scratch, NAME)
-    _random_file(src, size_bytes)
+    random_file(src, size_bytes)
     key_path = os.path.join(scratch, "id_ed25519")
     sshd = SshServer(host_key_types=("ed25519",), log_level="ERROR")
     smbd = smbd_harness.SmbServer(log_level=0)
