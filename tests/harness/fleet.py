@@ -37,6 +37,7 @@ Needs root (mount, unshare, sshd privilege separation), util-linux
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -72,16 +73,39 @@ PRIVATE_PATHS = (
 )
 
 # sh wrapper run by unshare: own host name, own tmpfs mounts, then exec sshd.
+#   appliance.sh NAME PRIVATE_PATH... -- CARRIED_PATH... -- COMMAND...
+# A carried path is a directory of the host shown read-only inside the appliance even where it lies
+# under a private path (e.g. an interpreter under /root): bound aside before the tmpfs mounts, bound
+# back on top after them.
 WRAPPER = """#!/bin/sh
 # written by tests/harness/fleet.py: runs inside a fresh mount + UTS namespace
 set -e
 name="$1"; shift
 hostname "$name"
-while [ "$1" != "--" ]; do
-    mount -t tmpfs -o mode=0755,size=2g "sar-$name" "$1"
-    shift
-done
+private=""
+while [ "$1" != "--" ]; do private="$private $1"; shift; done
 shift
+carried=""
+while [ "$1" != "--" ]; do carried="$carried $1"; shift; done
+shift
+if [ -n "$carried" ]; then
+    aside=$(mktemp -d /tmp/sar-fleet-carry.XXXXXX)
+    i=0
+    for path in $carried; do
+        i=$((i + 1)); mkdir "$aside/$i"; mount --bind "$path" "$aside/$i"
+    done
+fi
+for path in $private; do
+    mount -t tmpfs -o mode=0755,size=2g "sar-$name" "$path"
+done
+if [ -n "$carried" ]; then
+    i=0
+    for path in $carried; do
+        i=$((i + 1)); mkdir -p "$path"; mount --bind "$aside/$i" "$path"
+        mount -o remount,bind,ro "$path"; umount "$aside/$i"; rmdir "$aside/$i"
+    done
+    rmdir "$aside"
+fi
 exec "$@"
 """
 
@@ -206,6 +230,41 @@ def wheelhouse(requirements: str | None = None, base_dir: str | None = None, ext
     return target
 
 
+def python_floor() -> str:
+    """The runtime's oldest supported Python, as the role states it (roles/sar_backup/vars/main.yml)."""
+    with open(os.path.join(ROOT, "roles", "sar_backup", "vars", "main.yml"), encoding="utf-8") as handle:
+        return str(yaml.safe_load(handle)["_sar_backup_python_floor"])
+
+
+def floor_python(version: str | None = None) -> dict | None:
+    """A Python of the floor version (python_floor()) on this machine that can make a venv, or None:
+    $SAR_BACKUP_FLOOR_PYTHON, pythonX.Y on PATH, ~/.pyenv/versions/X.Y.*, /usr/bin, /usr/local/bin.
+    Returns {"python": its real path, "prefix": sys.prefix, "version": "X.Y.Z"}."""
+    version = version or python_floor()
+    name = "python" + version
+    candidates = [os.environ.get("SAR_BACKUP_FLOOR_PYTHON"), shutil.which(name)]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/%s.*/bin/%s" % (version, name))), reverse=True)
+    candidates += ["/usr/bin/" + name, "/usr/local/bin/" + name]
+    probe = "import ensurepip, json, sys, venv; print(json.dumps([sys.executable, sys.prefix, '%d.%d.%d' % sys.version_info[:3]]))"
+    for candidate in candidates:
+        if not candidate:
+            continue
+        try:
+            proc = subprocess.run([candidate, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+            executable, prefix, full = json.loads(proc.stdout)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            continue
+        if proc.returncode == 0 and full.rsplit(".", 1)[0] == version:
+            return {"python": os.path.realpath(executable), "prefix": os.path.realpath(prefix), "version": full}
+    return None
+
+
+def wheelhouse_cache(base_dir: str | None = None) -> str:
+    """The controller-side cache the role's `sar_backup_wheelhouse: controller` downloads into, kept
+    between test runs (one folder per Python version, platform and requirements file)."""
+    return os.path.join(base_dir or tempfile.gettempdir(), "sar-backup-wheelhouse-cache-%d" % os.getuid())
+
+
 @dataclass
 class Appliance:
     """One simulated appliance: its inventory/host name, sshd port and process."""
@@ -225,11 +284,16 @@ class Fleet:
     """`count` appliances (+ `dead` inventory hosts with nothing listening); see the module docstring."""
 
     def __init__(self, count: int, dead: int = 0, base_dir: str | None = None, private_paths=PRIVATE_PATHS,
-                 prefix: str = "pbx", run_id: str | None = None):
+                 prefix: str = "pbx", run_id: str | None = None, carry=()):
         self.count = count
         self.dead = dead
         self.base_dir = base_dir
         self.private_paths = tuple(private_paths)
+        # host directories every appliance sees read-only, even under a private path (e.g. a Python in /root)
+        self.carry = tuple(carry)
+        for path in self.private_paths + self.carry:
+            if not os.path.isabs(path) or any(c.isspace() for c in path):
+                raise ValueError("fleet paths must be absolute, without blanks: %r" % path)
         self.prefix = prefix
         self.run_id = run_id or secrets.token_hex(3)
         self.tmp = None
@@ -307,7 +371,7 @@ class Fleet:
             handle.write(SSHD_CONFIG.format(name=app.name, port=app.port, dir=app.dir, authorized=authorized))
         app.log = os.path.join(app.dir, "sshd.log")
         argv = [UNSHARE, "--mount", "--uts", "--propagation", "private", wrapper, app.name,
-                *self.private_paths, "--", SSHD, "-D", "-e", "-f", config]
+                *self.private_paths, "--", *self.carry, "--", SSHD, "-D", "-e", "-f", config]
         with open(app.log, "ab") as log:
             # unshare and the wrapper exec: the pid we get is sshd's
             app.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

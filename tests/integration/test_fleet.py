@@ -8,8 +8,15 @@ host name, own /etc/sar-backup, /opt/sar-backup, /var/lib/sar-backup, /run/lock,
 nothing listening.
 
 1. playbooks/site.yml converges on the five (failed=0) while the dead host is
-   reported unreachable and does not stop the others;
-2. a second site.yml run changes nothing (changed=0 on all five);
+   reported unreachable and does not stop the others. The runtime comes from
+   the role's offline wheelhouse (`sar_backup_wheelhouse: controller`: pip
+   download once on the controller per Python version and platform, copied to
+   each appliance, `pip install --no-index`); the first appliance runs its
+   runtime on the floor Python (3.9, tests/harness/fleet.py floor_python())
+   when this machine has one, so its wheelhouse is a different one;
+2. a second site.yml run changes nothing (changed=0 on all five), and
+   `--tags units` alone rewrites a timer removed by hand and changes nothing
+   elsewhere;
 3. playbooks/run.yml runs the job everywhere with fetch_to: each appliance has
    its own status file (code successful) and its own archive (its host name in
    the name, its own announcement file inside), fetched to
@@ -36,7 +43,7 @@ import time
 import pytest
 
 from harness import appliance as sample
-from harness.fleet import Fleet, fleet_profile, wheelhouse
+from harness.fleet import Fleet, fleet_profile, floor_python, wheelhouse_cache
 from harness.playbook import ROOT
 from harness.postgres import PostgresCluster
 
@@ -66,19 +73,20 @@ def job_definition() -> dict:
 class FleetEnv:
     """What the tests share: the fleet, the workdir, and each step's outcome."""
 
-    def __init__(self, fleet: Fleet, work: str, files: dict):
+    def __init__(self, fleet: Fleet, work: str, files: dict, floor: dict | None):
         self.fleet = fleet
         self.work = work
         self.files = files  # inventory name -> {announcement file name: bytes}
+        self.floor = floor  # the floor Python the first appliance's runtime uses, or None
         self.steps: dict = {}
 
-    def playbook(self, step: str, path: str, extravars: dict | None = None):
+    def playbook(self, step: str, path: str, extravars: dict | None = None, env: dict | None = None):
         """Run a playbook once per module (a later test reuses the outcome)."""
         if step not in self.steps:
             if not os.path.exists(path):
                 pytest.fail("%s does not exist (the role/playbooks of issue 4 are not in this tree yet)" % path)
             started = time.monotonic()
-            run, report = self.fleet.playbook(path, self.work, extravars=extravars, forks=APPLIANCES)
+            run, report = self.fleet.playbook(path, self.work, extravars=extravars, forks=APPLIANCES, env=env)
             self.steps[step] = (run, report, time.monotonic() - started)
             print("\n[fleet] %s: %s in %.1f s" % (step, os.path.basename(path), self.steps[step][2]))
         return self.steps[step]
@@ -86,20 +94,25 @@ class FleetEnv:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    wheels = wheelhouse()
     work = str(tmp_path_factory.mktemp("fleet"))
     os.chmod(work, 0o755)
-    with PostgresCluster() as cluster, Fleet(APPLIANCES, dead=1) as fleet:
+    # The floor Python, if this machine has one, shown inside every appliance (it may live under /root,
+    # which each appliance has privately); the first appliance's runtime is built with it.
+    floor = floor_python()
+    with PostgresCluster() as cluster, Fleet(APPLIANCES, dead=1, carry=(floor["prefix"],) if floor else ()) as fleet:
         # shared by all appliances: the database and the configuration trees (outside their tmpfs)
         base_profile = sample.build_appliance(os.path.join(work, "shared"), cluster)
         files = fleet.prepare_announcements(ANNOUNCEMENTS)
         fleet.write_inventory({
             "sar_backup_profile": fleet_profile(base_profile, ANNOUNCEMENTS),
             "sar_backup_jobs": [job_definition()],
-            "sar_backup_pip_extra_args": "--no-index --find-links %s" % wheels,
+            # the controller downloads the wheels (once, cached between test runs), the appliances
+            # install them with --no-index
+            "sar_backup_wheelhouse": "controller",
+            "sar_backup_wheelhouse_cache": wheelhouse_cache(),
             "sar_backup_splay": "5m",
-        })
-        yield FleetEnv(fleet, work, files)
+        }, host_vars={fleet.hosts[0]: {"sar_backup_python": floor["python"]}} if floor else None)
+        yield FleetEnv(fleet, work, files, floor)
 
 
 def describe(run, report) -> str:
@@ -153,6 +166,56 @@ def test_rollout_converges_and_dead_host_does_not_stop_the_others(env):
         assert listed.returncode == 0 and JOB in listed.stdout.decode(), listed
 
 
+def task_name(entry: dict) -> str:
+    """A report entry's task name without the role prefix ("sar.backup.sar_backup : ")."""
+    return entry["task"].split(" : ", 1)[-1]
+
+
+def runtime_python_of(env, host) -> str:
+    """X.Y.Z of the runtime virtualenv's Python on an appliance."""
+    return env.fleet.run(host, ["/opt/sar-backup/venv/bin/python", "-c",
+                                "import sys; print('%d.%d.%d' % sys.version_info[:3])"]).stdout.decode().strip()
+
+
+def test_runtime_installed_offline_from_the_controllers_wheelhouse(env):
+    """sar_backup_wheelhouse: controller - each appliance's venv holds exactly the wheels the controller
+    downloaded for its Python (the floor Python on the first appliance when there is one), installed
+    from <install_dir>/wheels with --no-index."""
+    run, report, _seconds = first_rollout(env)
+    fleet = env.fleet
+    for host in fleet.hosts:
+        assert report["stats"][host]["failures"] == 0, describe(run, report)
+    downloads = [t for t in report["tasks"] if task_name(t).startswith("Download the wheelhouses")]
+    assert len(downloads) == 1, downloads  # run_once: one task result for the whole play
+    tags = {}
+    for host in fleet.hosts:
+        version = runtime_python_of(env, host)
+        wheels = fleet.run(host, ["ls", "/opt/sar-backup/wheels"]).stdout.decode().split()
+        assert wheels and all(w.endswith(".whl") for w in wheels), wheels
+        cp = "cp%s%s" % tuple(version.split(".")[:2])
+        assert any("-%s-" % cp in w for w in wheels), (host, version, wheels)  # built for this Python
+        listed = json.loads(fleet.run(host, ["/opt/sar-backup/venv/bin/python", "-m", "pip", "list", "--isolated",
+                                             "--format=json", "--disable-pip-version-check"]).stdout)
+        have = {w.split("-")[0].lower().replace("_", "-") + " " + w.split("-")[1] for w in wheels}
+        for dist in listed:
+            if dist["name"].lower() in ("pip", "setuptools"):
+                continue
+            assert "%s %s" % (dist["name"].lower().replace("_", "-"), dist["version"]) in have, (host, dist, wheels)
+        tags[host] = cp
+    if env.floor:
+        first = fleet.hosts[0]
+        assert runtime_python_of(env, first) == env.floor["version"]
+        assert tags[first] == "cp" + "".join(env.floor["version"].split(".")[:2])
+        assert len(set(tags.values())) == 2, tags  # two Pythons, two wheelhouses
+        # the floor appliance's engine imports every target library
+        probe = ("import sys; sys.path.insert(0, '/opt/sar-backup/lib'); "
+                 "from sar_backup.targets import dropbox, smb, sftp, usb; "
+                 "assert all(m is not None for m in (dropbox.dropbox_sdk, smb.smbclient, sftp.paramiko, usb.pyudev))")
+        fleet.run(first, ["/opt/sar-backup/venv/bin/python", "-I", "-c", probe])
+    else:
+        print("\n[fleet] no Python %s on this machine: every appliance uses the system Python" % "3.9")
+
+
 def test_second_rollout_changes_nothing(env):
     run, report, _seconds = second_rollout(env)
     stats = report["stats"]
@@ -163,6 +226,32 @@ def test_second_rollout_changes_nothing(env):
         assert stats[host]["changed"] == 0, "%s changed on re-run: %s" % (host, changed)
     (dead,) = env.fleet.dead_hosts
     assert stats[dead]["unreachable"] >= 1
+
+
+def test_units_tag_alone(env):
+    """`site.yml --tags units` on a fleet where the role ran: only the units phase (and the variable
+    checks) runs; a timer removed by hand comes back, nothing else changes, nothing fails."""
+    second_rollout(env)
+    fleet = env.fleet
+    victim = fleet.hosts[1]
+    timer = "/etc/systemd/system/sar-backup-%s.timer" % JOB
+    before = fleet.read_file(victim, timer)
+    fleet.run(victim, ["rm", "--", timer])
+    run, report, _seconds = env.playbook("units", SITE, env={"ANSIBLE_RUN_TAGS": "units"})
+    stats = report["stats"]
+    for host in fleet.hosts:
+        assert stats[host]["failures"] == 0 and stats[host]["unreachable"] == 0, describe(run, report)
+        changed = [task_name(t) for t in report["tasks"] if t["host"] == host and t.get("changed")]
+        if host == victim:
+            assert changed == ["Timer of each scheduled job"], changed
+        else:
+            assert stats[host]["changed"] == 0, "%s changed: %s" % (host, changed)
+    assert fleet.read_file(victim, timer) == before
+    ran = {task_name(t) for t in report["tasks"]}
+    for other_phase in ("Runtime virtualenv with the dependencies of requirements/runtime.txt", "Host settings",
+                        "Backup jobs", "Monitoring socket units (sar_backup_monitoring_port)"):
+        assert other_phase not in ran, sorted(ran)
+    assert "Schedules of the declared jobs (the jobs phase did not run)" in ran, sorted(ran)
 
 
 def test_run_job_everywhere_each_appliance_its_own_archive(env):

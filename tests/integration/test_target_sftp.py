@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -34,15 +35,41 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("sshd"),
 
 
 # -- fixtures and helpers ----------------------------------------------------------------
+@pytest.fixture(scope="module", params=["openssh", "paramiko"])
+def ssh_client(request):
+    """Every test of this module runs on both SSH clients of the target: the
+    system's OpenSSH (`ssh -s sftp`) and paramiko, each with servers of its own."""
+    if request.param == "openssh" and not sftp_mod.openssh_client():
+        pytest.skip("needs the OpenSSH client ssh %d.%d or later" % sftp_mod.OPENSSH_MINIMUM)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sftp_mod, "CLIENT", request.param)
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def only_that_client(ssh_client, monkeypatch):
+    """Every connection a test makes uses the client asked for."""
+    used = []
+    connect_once = sftp_mod.SftpTarget._connect_once  # pylint: disable=protected-access
+
+    def spy(self):
+        connect_once(self)
+        used.append("openssh" if self.ssh is not None else "paramiko")
+    monkeypatch.setattr(sftp_mod.SftpTarget, "_connect_once", spy)
+    yield
+    if sftp_mod.CLIENT == ssh_client:  # (a test that chose the client itself checks its own)
+        assert set(used) <= {ssh_client}, used
+
+
 @pytest.fixture(scope="module")
-def sshd():
+def sshd(ssh_client):  # pylint: disable=unused-argument  # one server per client
     server = SshServer().start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def own_sshd():
+def own_sshd(ssh_client):  # pylint: disable=unused-argument
     """A server of the test's own, for tests that change or stop it."""
     server = SshServer(host_key_types=("ed25519", "rsa")).start()
     yield server
@@ -516,3 +543,286 @@ def test_server_gone_for_good_mid_upload(own_sshd, config_dir, big_file):
     assert any("connection to 127.0.0.1:%d lost" % own_sshd.port in line for line in logs), logs
     assert_no_secret(info.value, target, logs)
     assert [f for f in os.listdir(folder) if f.endswith(".sar")] == []
+
+
+# -- one home for transfers; the OpenSSH client's secrets and private files -----------------------------
+def test_unreadable_archive_is_reported_as_the_archive(sshd, config_dir, tmp_path):
+    """The source that cannot be opened is named as such (a local problem, not the
+    server's), on both clients, and nothing is left on the server."""
+    base = user_dir(sshd, "no-source")
+    target = make_target(sshd, config_dir, path=base)
+    missing = str(tmp_path / "gone.sar")
+    with pytest.raises(TargetError) as info:
+        target.deliver(missing, name_for(14), 1000, "0" * 64)
+    assert info.value.code == errors.FAILED
+    assert str(info.value).startswith("cannot read the archive %s: " % missing)
+    assert os.listdir(job_folder(base)) == []
+
+
+def parent_of(pid: str) -> int:
+    try:
+        with open("/proc/%s/stat" % pid, "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def scan_processes(secret: bytes) -> tuple:
+    """(pids whose argv or environment holds `secret`, argv of the ssh client
+    processes this test process started)."""
+    leaks, clients = [], []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        ours = parent_of(entry) == os.getpid()
+        for what in ("cmdline", "environ"):
+            try:
+                with open("/proc/%s/%s" % (entry, what), "rb") as handle:
+                    data = handle.read()
+            except OSError:
+                continue
+            if secret in data:
+                leaks.append((int(entry), what))
+            if what == "cmdline" and ours and sftp_mod.SSH_HOST_ALIAS.encode() in data:
+                clients.append(data.split(b"\0"))
+    return leaks, clients
+
+
+def test_password_never_in_any_argv_or_environment(sshd, config_dir, big_file, ssh_client, monkeypatch):
+    """During a whole upload with password login, no process (the ssh client, its
+    askpass helper, anything else) carries the password in its argv or
+    environment, and no file written for the run holds it."""
+    written = []
+    write_private = sftp_mod._write_private  # pylint: disable=protected-access
+
+    def spy(path, data, mode=0o600):
+        write_private(path, data, mode)
+        written.append((os.path.basename(path), data, stat.S_IMODE(os.stat(path).st_mode)))
+    monkeypatch.setattr(sftp_mod, "_write_private", spy)
+    path, size, digest = big_file
+    secret = sshd.password.encode()
+    found = {"leaks": [], "clients": []}
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            leaks, clients = scan_processes(secret)
+            found["leaks"] += leaks
+            found["clients"] += clients
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        base = user_dir(sshd, "no-leak")
+        make_target(sshd, config_dir, path=base).deliver(path, name_for(15), size, digest)
+    finally:
+        done.set()
+        thread.join(30)
+    assert found["leaks"] == []
+    assert sha256_of(os.path.join(job_folder(base), name_for(15))) == digest
+    if ssh_client == "openssh":
+        assert found["clients"], "no ssh client seen during the upload"
+        assert all(secret not in b"\0".join(argv) for argv in found["clients"])
+        assert [(name, mode) for name, _data, mode in written] == [("askpass", 0o700)]
+        assert all(secret not in data for _name, data, _mode in written)
+    else:
+        assert found["clients"] == [] and written == []
+
+
+def run_files(base: str) -> list:
+    """Every file and folder below `base` (the private folders of the SSH client) with its mode."""
+    out = []
+    for root, dirs, files in os.walk(base):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            out.append((os.path.relpath(full, base), stat.S_IMODE(os.lstat(full).st_mode)))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("login", ["password", "key", "key-with-passphrase"])
+def test_openssh_private_files_modes_and_cleanup(sshd, config_dir, tmp_path, ssh_client, monkeypatch, login):
+    """The OpenSSH client's run files: a 0700 folder of its own holding a 0600
+    known_hosts with only the pinned key; the key (decrypted, 0600) or the askpass
+    helper (0700) and its FIFO (0600) gone once ssh is logged in; nothing left
+    after the session, after a refused login, or after a refused host key."""
+    if ssh_client != "openssh":
+        pytest.skip("files of the OpenSSH client")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(sftp_mod, "TEMP_BASES", (str(runs),))
+    made = []
+    write_private = sftp_mod._write_private  # pylint: disable=protected-access
+    mkfifo = os.mkfifo
+
+    def spy_write(path, data, mode=0o600):
+        write_private(path, data, mode)
+        made.append((os.path.basename(path), stat.S_IMODE(os.stat(path).st_mode), data))
+
+    def spy_fifo(path, mode=0o666, *args, **kwargs):
+        mkfifo(path, mode, *args, **kwargs)
+        made.append((os.path.basename(path), stat.S_IMODE(os.stat(path).st_mode), b""))
+    monkeypatch.setattr(sftp_mod, "_write_private", spy_write)
+    monkeypatch.setattr(os, "mkfifo", spy_fifo)
+    options = {}
+    if login != "password":
+        passphrase = "pass phrase 'x'" if login == "key-with-passphrase" else ""
+        key_path = str(tmp_path / "id")
+        sshd.add_authorized_key(generate_key(key_path, "ed25519", passphrase=passphrase))
+        with open(key_path, encoding="ascii") as handle:
+            options = {"private_key": handle.read(), "private_key_passphrase": passphrase or None}
+    target = make_target(sshd, config_dir, **options)
+    target.connect()
+    try:
+        workdir = target.ssh.workdir
+        assert os.path.dirname(workdir) == str(runs)
+        assert run_files(str(runs)) == [(os.path.basename(workdir), 0o700),
+                                        (os.path.join(os.path.basename(workdir), "known_hosts"), 0o600)]
+        with open(os.path.join(workdir, "known_hosts"), encoding="ascii") as handle:
+            assert handle.read() == "%s %s\n" % (sftp_mod.SSH_HOST_ALIAS, sshd.host_key_line("ssh-ed25519"))
+        assert target.listdir() == []  # the session works
+    finally:
+        target.close()
+    assert run_files(str(runs)) == []
+    if login == "password":
+        assert [(name, mode) for name, mode, _data in made] == [("answer", 0o600), ("askpass", 0o700)]
+        assert sshd.password.encode() not in made[1][2]
+    else:
+        assert [(name, mode) for name, mode, _data in made] == [("id", 0o600)]
+        key_file = made[0][2]
+        assert key_file.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+        # Unencrypted for ssh (no passphrase prompt), the same key.
+        from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+        loaded = serialization.load_ssh_private_key(key_file, None)
+        public = loaded.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        with open(key_path + ".pub", encoding="ascii") as handle:
+            assert public.decode() == " ".join(handle.read().split()[:2])
+
+    # Failures leave nothing either: a refused login, a refused host key.
+    stranger = generate_key(str(tmp_path / "stranger"), "ed25519")
+    for bad, code in (({"password": "wrong-" + sshd.password}, errors.SFTP_RIGHT_PROBLEM),
+                      ({"host_key": stranger}, errors.HOST_KEY_MISMATCH)):
+        with pytest.raises(TargetError) as info:
+            make_target(sshd, config_dir, **bad).check()
+        assert info.value.code == code
+        assert run_files(str(runs)) == []
+
+
+def test_openssh_known_hosts_holds_the_key_a_fingerprint_names(sshd, config_dir, tmp_path, ssh_client, monkeypatch):
+    """A fingerprint pin (of the server's RSA key, not the key it shows first) and
+    accept_new on first contact: the run's known_hosts holds the full key the
+    policy accepted, and only that one."""
+    if ssh_client != "openssh":
+        pytest.skip("files of the OpenSSH client")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(sftp_mod, "TEMP_BASES", (str(runs),))
+    for options, expected in (({"host_key": sshd.host_key_fingerprint("ssh-rsa")}, sshd.host_key_line("ssh-rsa")),
+                              ({"host_key_policy": "accept_new"}, sshd.host_key_line("ssh-ed25519"))):
+        target = make_target(sshd, config_dir, **options)
+        target.connect()
+        try:
+            with open(os.path.join(target.ssh.workdir, "known_hosts"), encoding="ascii") as handle:
+                assert handle.read() == "%s %s\n" % (sftp_mod.SSH_HOST_ALIAS, expected)
+        finally:
+            target.close()
+    with open(os.path.join(config_dir, "known_hosts"), encoding="ascii") as handle:
+        assert handle.read() == "[127.0.0.1]:%d %s\n" % (sshd.port, sshd.host_key_line("ssh-ed25519"))
+    assert run_files(str(runs)) == []
+
+
+def test_client_choice(sshd, config_dir, monkeypatch):
+    """auto: OpenSSH where a recent `ssh` exists, paramiko where it does not, and
+    paramiko for a password askpass cannot hand over (a line break in it)."""
+    monkeypatch.setattr(sftp_mod, "CLIENT", "auto")
+    target = make_target(sshd, config_dir)
+    assert bool(target._openssh_path()) == bool(sftp_mod.openssh_client())  # pylint: disable=protected-access
+    assert make_target(sshd, config_dir, password="two\nlines")._openssh_path() is None  # pylint: disable=protected-access
+    monkeypatch.setattr(sftp_mod, "SSH_PROGRAM", "no-such-ssh-client")
+    target = make_target(sshd, config_dir)
+    target.connect()
+    try:
+        assert target.ssh is None and target.transport is not None
+        assert target.listdir() is not None
+    finally:
+        target.close()
+
+
+def test_stalled_session_times_out_and_resumes(sshd, config_dir, big_file, monkeypatch):
+    """The server's session stops answering (SIGSTOP) past the I/O timeout: the
+    client gives it up, reconnects and resumes from the confirmed prefix."""
+    monkeypatch.setattr(sftp_mod.SftpTarget, "IO_TIMEOUT", 2.0)
+    path, size, digest = big_file
+    base = user_dir(sshd, "stalled")
+    folder = job_folder(base)
+    os.makedirs(folder)
+    shutil.chown(folder, sshd.user, sshd.user)
+    shutil.chown(os.path.dirname(folder), sshd.user, sshd.user)
+    logs = Logs()
+    target = make_target(sshd, config_dir, logs, path=base, verify="full")
+
+    def stall():
+        pids = sshd.session_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        threading.Timer(4.0, lambda: [os.kill(pid, signal.SIGCONT) for pid in pids]).start()
+        return len(pids)
+    thread, done = watch_partial(folder, name_for(16), size // 5, stall)
+    result = target.deliver(path, name_for(16), size, digest)
+    thread.join(5)
+    assert done["fired"] and done["result"] >= 1, "the upload finished before the stall"
+    assert result["bytes"] == size
+    assert any("lost" in line for line in logs), logs
+    assert any("resuming upload at byte" in line and "at byte 0 " not in line for line in logs), logs
+    time.sleep(0.5)
+    assert os.listdir(folder) == [name_for(16)]
+    assert sha256_of(os.path.join(folder, name_for(16))) == digest
+
+
+def test_old_server_openssh_cannot_talk_to_goes_through_paramiko(config_dir, tmp_path, ssh_client, monkeypatch):
+    """A server that only offers a cipher today's OpenSSH client no longer enables
+    by default (CBC): the target says so and carries the session with paramiko,
+    host key policy unchanged."""
+    if ssh_client != "openssh":
+        pytest.skip("the OpenSSH client's fallback")
+    monkeypatch.setattr(sftp_mod, "CLIENT", "auto")
+    server = SshServer(host_key_types=("ed25519",))
+    server._prepare()  # pylint: disable=protected-access  # one line more in its config
+    try:
+        with open(server.config_path, "a", encoding="ascii") as handle:
+            handle.write("Ciphers aes128-cbc\n")
+        server.start()
+        logs = Logs()
+        archive = make_archive(tmp_path)
+        target = make_target(server, config_dir, logs)
+        target.deliver(archive[0], name_for(17), archive[1], archive[2])
+        assert sha256_of(os.path.join(job_folder(server.home), name_for(17))) == archive[2]
+        assert any("the OpenSSH client cannot talk to 127.0.0.1:%d" % server.port in line and "using paramiko" in line
+                   and "cipher" in line for line in logs), logs
+        # A different key is still refused, whichever client finds out.
+        stranger = generate_key(str(tmp_path / "stranger"), "ed25519")
+        with pytest.raises(TargetError) as info:
+            make_target(server, config_dir, host_key=stranger).check()
+        assert info.value.code == errors.HOST_KEY_MISMATCH
+    finally:
+        server.stop()
+
+
+def test_openssh_folders_of_killed_runs_are_swept(sshd, config_dir, tmp_path, ssh_client, monkeypatch):
+    """A run killed while ssh logged in cannot clean up (a decrypted key may be
+    there): the next connection removes such folders of processes that are gone,
+    and leaves those of living ones alone."""
+    if ssh_client != "openssh":
+        pytest.skip("files of the OpenSSH client")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(sftp_mod, "TEMP_BASES", (str(runs),))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = runs / ("sar-ssh-%d-left" % gone.pid)
+    alive = runs / ("sar-ssh-%d-busy" % os.getppid())
+    for folder in (dead, alive):
+        folder.mkdir(mode=0o700)
+        (folder / "id").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    target = make_target(sshd, config_dir)
+    target.connect()
+    target.close()
+    assert sorted(os.listdir(str(runs))) == [alive.name]

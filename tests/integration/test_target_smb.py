@@ -460,3 +460,134 @@ def test_smbd_gone_for_good_fails_cleanly(tmp_path, own_server, big_archive):
     assert not [n for n in names if n.endswith(".sar")]
     assert names == [partial_name(NAME)]  # left for the next run's prune
     assert target._cache == {}  # pylint: disable=protected-access
+
+
+# -- WRITE requests built by the target (_WriteFrames), one home for transfers ----------------------
+
+@pytest.fixture
+def negotiate(monkeypatch):
+    """Make smbprotocol negotiate a given dialect / signing / cipher (None: its defaults)."""
+    from smbprotocol import connection as smb_connection  # pylint: disable=import-outside-toplevel
+
+    def use(dialect=None, signing=None, cipher=None):
+        connect = smb_connection.Connection.connect
+
+        def forced(self, dialect_=None, timeout=60, preferred_encryption_algos=None, preferred_signing_algos=None):
+            return connect(self, dialect=dialect or dialect_, timeout=timeout,
+                           preferred_encryption_algos=[cipher] if cipher is not None else preferred_encryption_algos,
+                           preferred_signing_algos=[signing] if signing is not None else preferred_signing_algos)
+        monkeypatch.setattr(smb_connection.Connection, "connect", forced)
+    return use
+
+
+def frames_spy(monkeypatch):
+    """Records, for each upload, whether the target built its own WRITE frames and
+    what the connection negotiated (dialect, signing algorithm, cipher, signed, sealed)."""
+    from ansible_collections.sar.backup.plugins.module_utils.targets import smb as smb_mod  # pylint: disable=import-outside-toplevel
+    seen = []
+    for_pipe = smb_mod._WriteFrames.for_pipe.__func__  # pylint: disable=protected-access
+
+    def spy(cls, pipe, raw):
+        frames = for_pipe(cls, pipe, raw)
+        conn = pipe.conn
+        seen.append({"own": frames is not None, "dialect": conn.dialect,
+                     "signing": getattr(conn, "signing_algorithm_id", None) if conn.dialect >= 0x0311 else None,
+                     "cipher": getattr(conn, "cipher_id", None) if conn.dialect >= 0x0311 else None,
+                     "signed": frames is not None and frames.signer is not None,
+                     "sealed": frames is not None and frames.sealer is not None})
+        return frames
+    monkeypatch.setattr(smb_mod._WriteFrames, "for_pipe", classmethod(spy))  # pylint: disable=protected-access
+    return seen
+
+
+@pytest.mark.parametrize("dialect,signing,cipher,encrypt", [
+    ("SMB_2_1_0", None, None, False),              # HMAC-SHA256 signing
+    ("SMB_3_0_2", None, None, False),              # AES-CMAC signing
+    ("SMB_3_0_2", None, None, True),               # AES-128-CCM encryption
+    ("SMB_3_1_1", "AES_CMAC", "AES_128_CCM", True),
+    ("SMB_3_1_1", "AES_GMAC", "AES_256_GCM", True),
+    ("SMB_3_1_1", "HMAC_SHA256", None, False),
+    ("SMB_3_1_1", None, None, False),              # what smbprotocol picks: AES-GMAC signing
+    ("SMB_3_1_1", None, None, True),               # and AES-128-GCM
+])
+def test_own_write_frames_for_every_signing_and_cipher(tmp_path, share_dirs, negotiate, monkeypatch,
+                                                       dialect, signing, cipher, encrypt):
+    """The upload's WRITE requests are built by the target itself (signature and
+    encryption computed over its own buffer) for every dialect, signing algorithm
+    and cipher smbprotocol negotiates; smbd checks them, the copy on the server is
+    identical."""
+    from smbprotocol.connection import Ciphers, Dialects, SigningAlgorithms  # pylint: disable=import-outside-toplevel
+    srv = share_dirs
+    negotiate(getattr(Dialects, dialect), getattr(SigningAlgorithms, signing) if signing else None,
+              getattr(Ciphers, cipher) if cipher else None)
+    seen = frames_spy(monkeypatch)
+    size = 3 * 1024 * 1024 + 4099  # several requests, an odd tail
+    path, sha = make_archive(tmp_path, size)
+    make_target(srv, tmp_path, encrypt=encrypt, verify="full").deliver(path, NAME, size, sha)
+    assert sha_of(os.path.join(job_dir(srv), NAME)) == sha
+    [upload] = seen
+    assert upload["own"] and upload["dialect"] == getattr(Dialects, dialect)
+    assert upload["sealed"] == encrypt and upload["signed"] == (not encrypt)
+    if signing:
+        assert upload["signing"] == getattr(SigningAlgorithms, signing)
+    if cipher:
+        assert upload["cipher"] == getattr(Ciphers, cipher)
+
+
+def test_own_write_frames_sign_and_seal_where_the_share_requires_encryption(tmp_path, share_dirs, monkeypatch):
+    """encrypt: false on a share that requires encryption: smbprotocol signs the
+    message and encrypts it (the tree asks for it); the target's frames do both."""
+    srv = share_dirs
+    seen = frames_spy(monkeypatch)
+    path, sha = make_archive(tmp_path, 2 * 1024 * 1024 + 1)
+    make_target(srv, tmp_path, share="secure", encrypt=False, verify="full").deliver(path, NAME, 2 * 1024 * 1024 + 1, sha)
+    assert sha_of(os.path.join(job_dir(srv, "secure"), NAME)) == sha
+    assert [(s["own"], s["signed"], s["sealed"]) for s in seen] == [(True, True, True)]
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_smbprotocol_built_writes_still_deliver(tmp_path, share_dirs, monkeypatch, encrypt):
+    """Where the target cannot build the frames itself (an smbprotocol whose
+    internals differ), smbprotocol builds each request: same result."""
+    from ansible_collections.sar.backup.plugins.module_utils.targets import smb as smb_mod  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr(smb_mod._WriteFrames, "for_pipe", classmethod(lambda cls, pipe, raw: None))  # pylint: disable=protected-access
+    srv = share_dirs
+    size = 3 * 1024 * 1024 + 17
+    path, sha = make_archive(tmp_path, size)
+    make_target(srv, tmp_path, encrypt=encrypt, verify="full").deliver(path, NAME, size, sha)
+    assert sha_of(os.path.join(job_dir(srv), NAME)) == sha
+
+
+def test_unreadable_archive_is_reported_as_the_archive(tmp_path, share_dirs):
+    """The source that cannot be opened is named as such (the same wording as the
+    sftp target: one home for transfers), and nothing is left on the share."""
+    srv = share_dirs
+    missing = str(tmp_path / "gone.sar")
+    with pytest.raises(TargetError) as info:
+        make_target(srv, tmp_path).deliver(missing, NAME, 1000, "0" * 64)
+    assert info.value.code == errors.FAILED
+    assert str(info.value).startswith("cannot read the archive %s: " % missing)
+    assert os.listdir(job_dir(srv)) == []
+
+
+def test_smbd_gone_says_the_upload_could_not_be_resumed(tmp_path, own_server, big_archive):
+    """Retries used up after the connection dropped: the message says so, with
+    the number of attempts (the wording the sftp target has always had)."""
+    srv = own_server()
+    path, sha = big_archive
+    target = make_target(srv, tmp_path)
+    target.connect()
+    target.ensure_dir()
+    target.close()
+    watcher = Watcher(srv, job_dir(srv), at=32 * 1024 * 1024, size=SIZE, restart=False)
+    watcher.start()
+    try:
+        with pytest.raises(TargetError) as info:
+            target.deliver(path, NAME, SIZE, sha)
+    finally:
+        watcher.stop.set()
+        watcher.join(30)
+    assert watcher.killed_at is not None, "the upload finished before smbd could be killed"
+    assert info.value.code == errors.MOUNTFAIL
+    assert "upload of %s interrupted and could not be resumed (%d attempts)" % (NAME, target.RETRY_ATTEMPTS) \
+        in str(info.value)

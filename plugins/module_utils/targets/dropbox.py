@@ -121,6 +121,14 @@ class _ContentHash:
         return overall.hexdigest()
 
 
+def _hash_of(data: bytes) -> str:
+    """The per-request content_hash, passed explicitly: the dropbox SDK 12.2+ would add it by itself,
+    older ones (12.1 is the newest for Python < 3.11) would not."""
+    hasher = content_hasher()
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
 def _tags(error) -> list:
     """The tag path of an SDK error union, e.g. ['path', 'conflict', 'folder']."""
     tags = []
@@ -545,7 +553,8 @@ class DropboxTarget(Target):
         for attempt in range(1, self.RETRIES + 2):
             try:
                 return self.call("uploading %s" % name, self.client.files_upload, data, dest,
-                                 mode=dbx_files.WriteMode.overwrite, autorename=False, mute=True)
+                                 mode=dbx_files.WriteMode.overwrite, autorename=False, mute=True,
+                                 content_hash=_hash_of(data))
             except dbx_exc.ApiError as exc:
                 error = self._route_error(exc, "uploading %s" % name)
                 if not error.transient or attempt > self.RETRIES:
@@ -576,16 +585,17 @@ class DropboxTarget(Target):
                 last = offset + len(data) >= size
                 try:
                     if session is None:
-                        result = self.call(what, self.client.files_upload_session_start, data)
+                        result = self.call(what, self.client.files_upload_session_start, data, content_hash=_hash_of(data))
                         session = result.session_id
                     elif last:
                         finish_sent = True
                         cursor = dbx_files.UploadSessionCursor(session_id=session, offset=offset)
                         return self.call(what, self.client.files_upload_session_finish, data, cursor,
-                                         self._commit_info(dest))
+                                         self._commit_info(dest), content_hash=_hash_of(data))
                     else:
                         cursor = dbx_files.UploadSessionCursor(session_id=session, offset=offset)
-                        self.call(what, self.client.files_upload_session_append_v2, data, cursor)
+                        self.call(what, self.client.files_upload_session_append_v2, data, cursor,
+                                  content_hash=_hash_of(data))
                     offset += len(data)
                 except dbx_exc.ApiError as exc:
                     tags = _tags(exc.error)

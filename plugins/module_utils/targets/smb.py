@@ -3,7 +3,9 @@
 # Copyright: sar-backup engineers
 """`smb`: a Windows/Samba share reached with smbprotocol (seed: "Netzwerkfreigabe").
 
-What this adds to the common delivery of base.Target:
+What this adds to the common delivery of _transfer.TransferTarget (partial
+upload with a window of write requests, resume after a dropped connection,
+flush, size check and rename, pipelined reads):
 - one SMB connection per target instance, in a private connection cache of
   smbclient (never the process-wide pool), closed in `close()`; `port` is
   passed to every smbclient call (the pool is keyed by server *and* port);
@@ -11,15 +13,11 @@ What this adds to the common delivery of base.Target:
   session: a server that cannot encrypt is refused (mountfail) instead of
   silently sending the appliance's data in clear; messages are signed in any
   case and a guest fallback is refused by smbprotocol;
-- uploads with several 1 MiB write requests in flight (smbclient's file
+- write requests of 1 MiB with up to 8 MiB in flight (smbclient's file
   objects wait for every reply before sending the next request: about half
-  the speed on loopback, far less over a WAN), every reply checked in file
-  order, so `confirmed` is always a prefix the server acknowledged;
-- a connection that drops mid-upload is reconnected and the upload resumed
-  from min(confirmed prefix, size of the remote partial), a finite number of
-  times (base.retrying); the data is flushed (SMB2 FLUSH) and its size checked
-  before the partial is renamed (replace semantics) to its `.sar` name;
-- reads for `verify: full` and restores are pipelined the same way.
+  the speed on loopback, far less over a WAN), credits (the server's flow
+  control) asked for as the window grows; the data is flushed (SMB2 FLUSH)
+  before the partial is renamed (replace semantics) to its `.sar` name.
 
 Result codes (SPEC section 7):
 - `authFailed`: the server refused the credentials (logon failure, wrong
@@ -38,28 +36,45 @@ Result codes (SPEC section 7):
 
 The request/reply calls used for pipelining (`Open.write/read(send=False)`,
 `Connection.send/receive`, the write/read response structures) are the
-ones smbclient's own SMBRawIO is built on.
+ones smbclient's own SMBRawIO is built on. Uploads build their WRITE
+requests themselves (_WriteFrames: smbprotocol's own Python packing,
+signing and copying of each request cost more CPU than the rest of
+the upload), with smbprotocol's session keys, negotiated algorithms,
+credit window, socket and receiver thread; anything unexpected there
+falls back to `Open.write(send=False)`.
 """
 
 from __future__ import annotations
 
 import collections
-import io
+import hashlib
+import hmac
+import os
 import socket
+import struct
 import uuid
 
 from .. import errors
 from ..errors import MissingLibrary, TargetError
-from .base import ROOT_DIR, RemoteFile, Target, partial_name
+from ._transfer import PipelinedReader, RequestWindow, TransferTarget, read_chunk, read_source
+from .base import ROOT_DIR, RemoteFile
 
 try:
     import smbclient
     from smbprotocol import exceptions as smb_exc
+    from smbprotocol.connection import Request
     from smbprotocol.file_info import FileRenameInformation
-    from smbprotocol.header import NtStatus
-    from smbprotocol.open import FilePipePrinterAccessMask, SMB2ReadResponse, SMB2SetInfoRequest, SMB2WriteResponse
+    from smbprotocol.header import NtStatus, SMB2HeaderRequest
+    from smbprotocol.open import FilePipePrinterAccessMask, SMB2ReadResponse, SMB2SetInfoRequest, SMB2WriteRequest
 except ImportError:  # pragma: no cover
     smbclient = None
+
+try:  # comes with smbprotocol (its signing and encryption use it)
+    from cryptography.hazmat.primitives import cmac
+    from cryptography.hazmat.primitives.ciphers import algorithms
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
+except ImportError:  # pragma: no cover
+    AESGCM = None
 
 try:
     from spnego.exceptions import SpnegoError
@@ -136,27 +151,20 @@ def _status_name(status) -> str:
 def _warm_allocator() -> None:
     """Let glibc's malloc keep the ~1 MiB blocks a transfer churns through.
 
-    smbprotocol copies every request or reply several times (packing,
-    signing, encrypting, framing), each copy a fresh ~1 MiB bytes object.
+    smbprotocol copies every read reply several times (framing, decrypting,
+    unpacking), and an encrypted upload gets a fresh ciphertext per write
+    request: each a new ~1 MiB bytes object.
     With glibc's start values (blocks over 128 KiB mapped by mmap, free
     memory over 128 KiB at the heap top given back) most of those copies get
     brand-new pages from the kernel, and the page faults cost about three
-    times the CPU of the copying itself (measured: 1.3 vs 0.4 CPU-s per
-    300 MB). glibc raises both limits by itself once a mapped block is freed
+    times the CPU of the copying itself (measured on uploads built by
+    smbprotocol: 1.3 vs 0.4 CPU-s per 300 MB). glibc raises both limits by itself once a mapped block is freed
     (mallopt(3), "dynamic mmap threshold"): freeing one 8 MiB block sets them
     to 8 and 16 MiB, so the blocks are reused. The block is calloc'ed and
     never touched, so this costs one mmap/munmap; other C libraries just
     see a short-lived allocation. Memory stays bounded: at most 16 MiB of
     freed memory is kept for reuse."""
     bytes(ALLOCATOR_WARMUP)
-
-
-class _Upload:
-    """Progress of one upload across reconnects."""
-
-    def __init__(self):
-        self.started = False
-        self.confirmed = 0  # bytes from offset 0 the server acknowledged
 
 
 class _Pipe:
@@ -189,15 +197,23 @@ class _Pipe:
             return 0  # replies give credits back
         return have * MAX_PAYLOAD  # 0 credits: nothing can be sent
 
-    def send(self, message, length: int, offset: int):
-        """Send a read/write message asking for enough credits to keep the window full."""
+    def credit_request(self, length: int) -> int:
+        """What a request of `length` bytes asks for: its own charge and
+        enough more to keep the window full."""
         charge = (max(length, 1) - 1) // MAX_PAYLOAD + 1 if self.conn.supports_multi_credit else 1
         target_credits = IN_FLIGHT // MAX_PAYLOAD + 2 * (REQUEST // MAX_PAYLOAD)
         extra = max(0, target_credits - self.credits() - self.inflight_credits())
-        request = self.conn.send(message, sid=self.sid, tid=self.tid, credit_request=charge + min(extra, 64))
+        return charge + min(extra, 64)
+
+    def send(self, message, length: int, offset: int):
+        """Send a read/write message built by smbprotocol."""
+        request = self.conn.send(message, sid=self.sid, tid=self.tid, credit_request=self.credit_request(length))
+        self.added(request, offset, length)
+        return request
+
+    def added(self, request, offset: int, length: int) -> None:
         self.inflight.append((request, offset, length))
         self.inflight_bytes += length
-        return request
 
     def inflight_credits(self) -> int:
         return sum((length - 1) // MAX_PAYLOAD + 1 for _r, _o, length in self.inflight)
@@ -212,12 +228,252 @@ class _Pipe:
         return header, offset, length
 
 
-class SmbReader(io.RawIOBase):
+class _WriteFrames:
+    """SMB2 WRITE requests built in place, the way smbprotocol's Connection
+    would send them, without its per-request copies.
+
+    smbprotocol packs the request structure, then the header around it,
+    copies the message twice to sign it, twice to put the signature in and
+    once more for the TCP framing: seven copies of every 1 MiB request after
+    the read, plus its Python structure code per field. Here the file is read
+    straight into one reused buffer behind a pre-packed header (only credit
+    charge, credit request, message id, length and offset change), the
+    signature is computed over that buffer and written into it, and the
+    frame goes to the socket as it is: one copy in (the read), one out (the
+    kernel's). Encryption produces the ciphertext once and sends it behind
+    the transform header without joining them.
+
+    Everything else stays smbprotocol's: the message id and credit window
+    (under its sequence lock), the Request registered in its outstanding
+    table before the send (its receiver thread matches, verifies and
+    delivers the reply as for any request), its socket lock, its keys and
+    negotiated algorithms. `for_pipe` returns None whenever something is
+    not the plain case (unknown signing or cipher algorithm, an smbprotocol
+    whose internals differ): the caller then lets smbprotocol build each
+    request."""
+
+    # [MS-SMB2] 2.2.1.2 (SYNC header) + 2.2.21 (WRITE request, data at 0x70)
+    HEADER = struct.Struct("<4sHHHHHHIIQIIQ16s")
+    WRITE = struct.Struct("<HHIQ16sIIHHI")
+    SIZE = 64 + 48
+    FRAME = 4  # Direct TCP transport: 4-byte big-endian length
+    TRANSFORM = struct.Struct("<4s16s16sIHHQ")  # 2.2.41, 52 bytes
+    CMD_WRITE = 0x0009
+    FLAG_SIGNED = 0x00000008
+    FLAG_DFS = 0x10000000
+    SIGN_HMAC_SHA256, SIGN_AES_CMAC, SIGN_AES_GMAC = 0, 1, 2
+    CIPHER_NONCE = {0x0001: 11, 0x0002: 12, 0x0003: 11, 0x0004: 12}  # AES-128/256-CCM/GCM
+
+    def __init__(self, pipe: _Pipe, session, file_id: bytes, flags: int, signer, sealer, nonce_size: int):
+        self.pipe = pipe
+        self.conn = pipe.conn
+        self.session_id = session.session_id
+        self.signer = signer
+        self.sealer = sealer
+        self.nonce_size = nonce_size
+        self.flags = flags
+        self.sock = self.conn.transport._sock  # pylint: disable=protected-access
+        self.sock_lock = self.conn.transport._sock_lock  # pylint: disable=protected-access
+        self.buffer = bytearray(self.FRAME + self.SIZE + REQUEST)
+        self.view = memoryview(self.buffer)
+        self.HEADER.pack_into(self.buffer, self.FRAME, b"\xfeSMB", 64, 0, 0, 0, self.CMD_WRITE, 0, flags, 0, 0, 0, pipe.tid,
+                              session.session_id, bytes(16))
+        self.WRITE.pack_into(self.buffer, self.FRAME + 64, 49, self.SIZE, 0, 0, file_id, 0, 0, 0, 0, 0)
+        self.transform = bytearray(self.FRAME + self.TRANSFORM.size)
+
+    @classmethod
+    def for_pipe(cls, pipe: _Pipe, raw):
+        """The frame builder for this open file, or None to leave it to smbprotocol."""
+        if AESGCM is None:  # pragma: no cover
+            return None
+        conn = pipe.conn
+        try:
+            session = conn.session_table[pipe.sid]
+            tree = session.tree_connect_table[pipe.tid]
+            file_id = bytes(raw.fd.file_id)
+            transport = conn.transport
+            if transport._sock is None or transport._sock_lock is None:  # pylint: disable=protected-access
+                return None
+            flags = cls.FLAG_DFS if tree.is_dfs_share else 0
+            signer = sealer = None
+            nonce_size = 0
+            # The same choices as smbprotocol's Connection._send/_generate_signature/_encrypt.
+            if session.signing_required and session.signing_key:
+                flags |= cls.FLAG_SIGNED
+                if conn.dialect >= 0x0311 and conn.signing_algorithm_id is not None:
+                    algorithm = conn.signing_algorithm_id
+                elif conn.dialect >= 0x0300:
+                    algorithm = cls.SIGN_AES_CMAC
+                else:
+                    algorithm = cls.SIGN_HMAC_SHA256
+                signer = cls._signer(algorithm, session.signing_key)
+                if signer is None:
+                    return None
+            if session.encrypt_data or tree.encrypt_data:
+                cipher = conn.cipher_id if conn.dialect >= 0x0311 else 0x0001
+                nonce_size = cls.CIPHER_NONCE.get(cipher, 0)
+                if not nonce_size:
+                    return None
+                sealer = (AESGCM if nonce_size == 12 else AESCCM)(session.encryption_key)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None  # not the smbprotocol this was written against
+        if len(file_id) != 16:
+            return None
+        return cls(pipe, session, file_id, flags, signer, sealer, nonce_size)
+
+    @classmethod
+    def _signer(cls, algorithm: int, key: bytes):
+        """signer(view, message_id) -> the 16-byte signature of a request."""
+        if algorithm == cls.SIGN_AES_GMAC:
+            gmac = AESGCM(key)
+            # nonce: message id, then 0 (a request, not a cancel)
+            return lambda view, message_id: gmac.encrypt(struct.pack("<QI", message_id, 0), b"", view)
+        if algorithm == cls.SIGN_AES_CMAC:
+            base = cmac.CMAC(algorithms.AES(key))
+
+            def sign_cmac(view, _message_id):
+                mac = base.copy()
+                mac.update(view)
+                return mac.finalize()
+            return sign_cmac
+        if algorithm == cls.SIGN_HMAC_SHA256:
+            base = hmac.new(key, digestmod=hashlib.sha256)
+
+            def sign_hmac(view, _message_id):
+                mac = base.copy()
+                mac.update(view)
+                return mac.digest()[:16]
+            return sign_hmac
+        return None
+
+    def read(self, src, length: int) -> int:
+        """Read up to `length` bytes of src into the payload: how many came (0 at the end)."""
+        start = self.FRAME + self.SIZE
+        return read_source(src, self.view[start:start + length])
+
+    def send(self, offset: int, length: int):
+        """Send the payload read() left in the buffer as a write at `offset`."""
+        pipe, conn = self.pipe, self.conn
+        credit_request = pipe.credit_request(length)
+        with conn.sequence_lock:
+            window = conn.sequence_window
+            charge = (length - 1) // MAX_PAYLOAD + 1 if conn.supports_multi_credit else 0
+            if charge > window["high"] - window["low"]:
+                raise smb_exc.SMBException("Request requires %d credits but only %d credits are available"
+                                           % (charge, window["high"] - window["low"]))
+            message_id = window["low"]
+            window["low"] += charge or 1
+        buffer, view, frame = self.buffer, self.view, self.FRAME
+        end = frame + self.SIZE + length
+        struct.pack_into("<H", buffer, frame + 6, charge)
+        struct.pack_into("<H", buffer, frame + 14, credit_request)
+        struct.pack_into("<Q", buffer, frame + 24, message_id)
+        struct.pack_into("<IQ", buffer, frame + 68, length, offset)
+        signature = bytes(16)
+        buffer[frame + 48:frame + 64] = signature
+        if self.signer is not None:
+            signature = self.signer(view[frame:end], message_id)
+            buffer[frame + 48:frame + 64] = signature
+
+        # What smbprotocol's receiver thread and receive() read of a request.
+        header = SMB2HeaderRequest()
+        header["credit_charge"] = charge
+        header["command"] = self.CMD_WRITE
+        header["credit_request"] = credit_request
+        header["flags"] = self.flags
+        header["message_id"] = message_id
+        header["tree_id"] = pipe.tid
+        header["session_id"] = self.session_id
+        header["signature"] = signature
+        request = Request(header, SMB2WriteRequest, conn, session_id=self.session_id)
+        conn.outstanding_requests[message_id] = request
+
+        conn._check_worker_running()  # pylint: disable=protected-access
+        if self.sealer is None:
+            struct.pack_into(">I", buffer, 0, end - frame)
+            with self.sock_lock:
+                self.sock.sendall(view[:end])
+        else:
+            self._send_sealed(view[frame:end])
+        pipe.added(request, offset, length)
+        return request
+
+    def _send_sealed(self, plain) -> None:
+        """SMB 3 encryption of one message: transform header, then the ciphertext."""
+        nonce = os.urandom(self.nonce_size)
+        transform, frame = self.transform, self.FRAME
+        self.TRANSFORM.pack_into(transform, frame, b"\xfdSMB", bytes(16), nonce.ljust(16, b"\0"), len(plain), 0, 1,
+                                 self.session_id)
+        sealed = self.sealer.encrypt(nonce, plain, memoryview(transform)[frame + 20:])
+        cipher_text = memoryview(sealed)[:-16]
+        transform[frame + 4:frame + 20] = sealed[-16:]  # the tag is the transform header's signature
+        struct.pack_into(">I", transform, 0, self.TRANSFORM.size + len(cipher_text))
+        with self.sock_lock:
+            _send_all(self.sock, [transform, cipher_text])
+
+
+def _send_all(sock, parts: list) -> None:
+    """sendall() for several buffers, without joining them."""
+    views = [memoryview(part) for part in parts]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
+class _SmbWrites(RequestWindow):
+    """WRITE requests of one upload: up to IN_FLIGHT bytes awaiting their
+    reply, each as large as the credits granted allow (REQUEST at most)."""
+
+    STALLED = "the server grants no SMB credits for writing"
+
+    def __init__(self, target: "SmbTarget", raw):
+        _warm_allocator()
+        self.target = target
+        self.raw = raw
+        self.pipe = _Pipe(target, raw)
+        self.frames = _WriteFrames.for_pipe(self.pipe, raw)
+        self.max_write = raw.fd.connection.max_write_size
+
+    def room(self, left: int) -> int:
+        if self.pipe.inflight_bytes >= IN_FLIGHT:
+            return 0
+        return self.pipe.chunk(left, self.max_write)
+
+    def send(self, src, pos: int, length: int) -> int:
+        if self.frames is not None:
+            count = self.frames.read(src, length)
+            if count:
+                self.frames.send(pos, count)
+            return count
+        data = read_chunk(src, length)
+        if data:
+            message, _recv = self.raw.fd.write(data, offset=pos, send=False)
+            self.pipe.send(message, len(data), pos)
+        return len(data)
+
+    def pending(self) -> bool:
+        return bool(self.pipe.inflight)
+
+    def collect(self) -> int:
+        header, at, length = self.pipe.collect()
+        # SMB2 WRITE response ([MS-SMB2] 2.2.22): Count at byte 4
+        written = struct.unpack_from("<I", header["data"].get_value(), 4)[0]
+        if written != length:
+            raise TargetError("%s: the server wrote %d of %d bytes at offset %d (share full?)"
+                              % (self.target.location(), written, length, at), errors.DISK_FULL)
+        return at + length
+
+
+class SmbReader(PipelinedReader):
     """A remote file read with several large read requests in flight."""
 
     def __init__(self, target: "SmbTarget", path: str):
-        super().__init__()
-        self.target = target
+        super().__init__(target, "reading %s" % target.display(path))
         self.path = path
         _warm_allocator()
         self.raw = smbclient.open_file(path, mode="rb", buffering=0, share_access="r", **target.kwargs())
@@ -228,12 +484,6 @@ class SmbReader(io.RawIOBase):
             self.raw.close()
             raise
         self.next_offset = 0
-        self.buffer = b""
-        self.eof = False
-        self.released = False  # own flag: pylint takes IOBase.closed for a constant
-
-    def readable(self) -> bool:
-        return True
 
     def _fill(self) -> None:
         pipe = self.pipe
@@ -271,45 +521,18 @@ class SmbReader(io.RawIOBase):
             self.pipe.inflight.rotate(1)  # the re-request goes first
         return data
 
-    def readinto(self, buf) -> int:
-        if self.released:
-            raise ValueError("I/O operation on closed file")
-        while not self.buffer and not self.eof:
+    def _release(self) -> None:
+        # Collect what is still on its way before the handle goes.
+        while self.pipe.inflight and self.target.alive():
             try:
-                chunk = self._next_chunk()
-            except TargetError:
-                raise
-            except self.target.SMB_ERRORS as exc:
-                raise self.target.smb_error(exc, "reading %s" % self.target.display(self.path)) from None
-            if not chunk:
-                self.eof = True
-                break
-            self.buffer = chunk
-        count = min(len(buf), len(self.buffer))
-        buf[:count] = self.buffer[:count]
-        self.buffer = self.buffer[count:]
-        return count
-
-    def close(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        try:
-            # Collect what is still on its way before the handle goes.
-            while self.pipe.inflight and self.target.alive():
-                try:
-                    self.pipe.collect()
-                except Exception:  # pylint: disable=broad-except
-                    pass
-            if self.target.alive():
-                self.raw.close()
-        except Exception:  # pylint: disable=broad-except
-            pass  # a dead connection: nothing left to release
-        finally:
-            super().close()
+                self.pipe.collect()
+            except Exception:  # pylint: disable=broad-except
+                pass
+        if self.target.alive():
+            self.raw.close()
 
 
-class SmbTarget(Target):
+class SmbTarget(TransferTarget):
     TYPE = "smb"
 
     CONNECT_TIMEOUT = 30  # TCP connect and negotiate
@@ -318,6 +541,8 @@ class SmbTarget(Target):
         SMB_ERRORS = (smb_exc.SMBException, OSError, ValueError, EOFError, SpnegoError)
     else:  # pragma: no cover
         SMB_ERRORS = (OSError, ValueError, EOFError)
+    TRANSFER_ERRORS = SMB_ERRORS
+    READER = SmbReader
 
     def __init__(self, options: dict, ctx):
         super().__init__(options, ctx)
@@ -490,15 +715,8 @@ class SmbTarget(Target):
                 pass
         self.close()
 
-    def _ensure_connected(self) -> None:
-        """Reconnect a dropped connection; a server still unreachable is
-        transient (the caller retries), refused credentials are not."""
-        if self.alive():
-            return
-        self._connect_once()
-
     # -- errors -----------------------------------------------------------------------
-    def smb_error(self, exc: BaseException, what: str) -> TargetError:
+    def transfer_error(self, exc: BaseException, what: str, need: int = 0) -> TargetError:
         """Map a failure during `what` to a result code. A lost connection is
         transient (the caller reconnects and retries)."""
         if isinstance(exc, TargetError):
@@ -532,15 +750,7 @@ class SmbTarget(Target):
         return TargetError("%s: %s: connection to SMB server %s lost (%s)"
                            % (self.location(), what, self.endpoint, self._short(exc)), errors.MOUNTFAIL, transient=True)
 
-    def _op(self, what: str, func, *args):
-        """An idempotent operation, reconnecting on a dropped connection."""
-        def once():
-            self._ensure_connected()
-            try:
-                return func(*args)
-            except self.SMB_ERRORS as exc:
-                raise self.smb_error(exc, what) from None
-        return self.retrying(what, once)
+    smb_error = transfer_error  # its name before _transfer.py
 
     # -- folders ----------------------------------------------------------------------
     def ensure_dir(self) -> None:
@@ -562,71 +772,34 @@ class SmbTarget(Target):
                     raise
         self._op("creating folder %s" % self.display(self.folder()), make)
 
-    # -- upload ----------------------------------------------------------------------------
-    def put(self, src_path: str, name: str, size: int) -> None:
-        folder = self.folder()
-        partial = folder + "\\" + partial_name(name)
-        final = folder + "\\" + name
-        state = _Upload()
-        try:
-            try:
-                src = open(src_path, "rb")  # pylint: disable=consider-using-with
-            except OSError as exc:
-                raise TargetError("cannot read the archive %s: %s" % (src_path, exc.strerror or exc), errors.FAILED) from None
-            with src:
-                self.retrying("upload of %s" % name, self._upload_once, src, partial, name, size, state)
-            self.retrying("rename of %s" % name, self._commit_once, partial, final, name, size)
-        except BaseException:
-            self._discard(partial)
-            raise
+    # -- the primitives of _transfer.TransferTarget ---------------------------------------------
+    def _path(self, name: str) -> str:
+        return self.folder() + "\\" + name
 
-    def _upload_once(self, src, partial: str, name: str, size: int, state: _Upload) -> None:
-        self._ensure_connected()
-        raw = None
+    def _remote_size(self, path: str):
         try:
-            offset = 0
-            if state.started:
-                raw, offset = self._resume(partial, state)
-            if raw is None:
-                if not state.started:
-                    self._check_space(size)
-                # Sharing read/write/delete: a handle of a dead connection the
-                # server has not noticed yet must not block a resume or the rename.
-                raw = smbclient.open_file(partial, mode="wb", buffering=0, share_access="rwd", **self.kwargs())
-                state.confirmed = 0
-            state.started = True
-            self._write_pipelined(raw, src, offset, size, state)
-            raw.fd.flush()  # SMB2 FLUSH: on the server's disk before it gets the .sar name
-            handle, raw = raw, None
-            handle.close()
-        except TargetError:
-            raise
-        except self.SMB_ERRORS as exc:
-            raise self.smb_error(exc, "upload of %s" % name) from None
-        finally:
-            if raw is not None and self.alive():
-                try:
-                    raw.close()
-                except Exception:  # pylint: disable=broad-except
-                    pass
-
-    def _resume(self, partial: str, state: _Upload):
-        """Reopen the partial after a reconnect at the prefix both sides agree
-        on. Returns (raw or None to start over, offset)."""
-        kwargs = self.kwargs()
-        try:
-            remote_size = smbclient.stat(partial, **kwargs).st_size
+            return smbclient.stat(path, **self.kwargs()).st_size
         except OSError as exc:
             if _status_of(exc) in NOT_FOUND_STATUSES:
-                self.log("partial upload vanished on the server, starting over")
-                return None, 0
+                return None
             raise
-        # Writes in flight at the cut may have landed out of order: only the
-        # acknowledged prefix is known to be complete.
-        state.confirmed = min(state.confirmed, remote_size)
-        raw = smbclient.open_file(partial, mode="r+b", buffering=0, share_access="rwd", **kwargs)
-        self.log("resuming upload at byte %d (%d on the server)" % (state.confirmed, remote_size))
-        return raw, state.confirmed
+
+    def _open_partial(self, path: str, new: bool):
+        # Sharing read/write/delete: a handle of a dead connection the
+        # server has not noticed yet must not block a resume or the rename.
+        return smbclient.open_file(path, mode="wb" if new else "r+b", buffering=0, share_access="rwd", **self.kwargs())
+
+    def _truncate(self, handle, size: int) -> None:
+        handle.truncate(size)
+
+    def _write_window(self, handle, src=None) -> RequestWindow:
+        return _SmbWrites(self, handle)
+
+    def _flush(self, handle) -> None:
+        handle.fd.flush()  # SMB2 FLUSH: on the server's disk before it gets the .sar name
+
+    def _close_handle(self, handle) -> None:
+        handle.close()
 
     def _check_space(self, size: int) -> None:
         """Refuse early when the share says the archive cannot fit at all."""
@@ -642,66 +815,8 @@ class SmbTarget(Target):
             raise TargetError("%s: not enough space on the share: %d bytes free, the archive has %d"
                               % (self.location(), volume.caller_available_size, size), errors.DISK_FULL)
 
-    def _write_pipelined(self, raw, src, offset: int, size: int, state: _Upload) -> None:
-        """Write src[offset:size] with up to IN_FLIGHT bytes of requests
-        awaiting replies; replies are checked in file order, so
-        `state.confirmed` is always a prefix the server acknowledged."""
-        _warm_allocator()
-        pipe = _Pipe(self, raw)
-        max_write = raw.fd.connection.max_write_size
-        src.seek(offset)
-        pos = offset
-        while pos < size or pipe.inflight:
-            while pos < size and pipe.inflight_bytes < IN_FLIGHT:
-                length = pipe.chunk(size - pos, max_write)
-                if not length:
-                    break
-                try:
-                    data = src.read(length)
-                except OSError as exc:
-                    raise TargetError("cannot read the archive: %s" % (exc.strerror or exc), errors.FAILED) from None
-                if not data:
-                    raise TargetError("%s: the archive shrank while uploading (%d of %d bytes)"
-                                      % (self.location(), pos, size), errors.FAILED)
-                message, _recv = raw.fd.write(data, offset=pos, send=False)
-                pipe.send(message, len(data), pos)
-                pos += len(data)
-            if not pipe.inflight:
-                raise TargetError("%s: the server grants no SMB credits for writing" % self.location(), errors.FAILED)
-            header, at, length = pipe.collect()
-            response = SMB2WriteResponse()
-            response.unpack(header["data"].get_value())
-            written = response["count"].get_value()
-            if written != length:
-                raise TargetError("%s: the server wrote %d of %d bytes at offset %d (share full?)"
-                                  % (self.location(), written, length, at), errors.DISK_FULL)
-            state.confirmed = at + length
-
-    def _commit_once(self, partial: str, final: str, name: str, size: int) -> None:
-        self._ensure_connected()
-        kwargs = self.kwargs()
-        try:
-            try:
-                have = smbclient.stat(partial, **kwargs).st_size
-            except OSError as exc:
-                if _status_of(exc) not in NOT_FOUND_STATUSES:
-                    raise
-                # An earlier attempt may have renamed it before the cut.
-                try:
-                    if smbclient.stat(final, **kwargs).st_size == size:
-                        return
-                except OSError:
-                    pass
-                raise TargetError("%s: the partial upload of %s disappeared before the rename" % (self.location(), name),
-                                  errors.FAILED) from None
-            if have != size:
-                raise TargetError("%s: the upload of %s has %d bytes on the server, expected %d; not renamed"
-                                  % (self.location(), name, have, size), errors.VERIFY_FAILED)
-            self._rename_replace(partial, name)
-        except TargetError:
-            raise
-        except self.SMB_ERRORS as exc:
-            raise self.smb_error(exc, "rename of %s" % name) from None
+    def _rename_over(self, partial: str, final: str, name: str) -> None:
+        self._rename_replace(partial, name)
 
     def _rename_replace(self, partial: str, name: str) -> None:
         """Rename the partial to `name` in the same folder, replacing a file of
@@ -730,15 +845,12 @@ class SmbTarget(Target):
             except Exception:  # pylint: disable=broad-except
                 pass  # the rename happened or raised already; a dead handle goes with the connection
 
-    def _discard(self, partial: str) -> None:
-        """Best effort after a failure; a partial left on an unreachable
-        server is removed by the next run's prune."""
-        if not self.alive():
-            return
+    def _remove_path(self, path: str) -> None:
         try:
-            smbclient.remove(partial, **self.kwargs())
-        except Exception:  # pylint: disable=broad-except
-            pass
+            smbclient.remove(path, **self.kwargs())
+        except OSError as exc:
+            if _status_of(exc) not in NOT_FOUND_STATUSES:
+                raise
 
     # -- the rest of the primitives ---------------------------------------------------------
     def listdir(self) -> list:
@@ -747,33 +859,22 @@ class SmbTarget(Target):
         def scan():
             found = []
             try:
-                with smbclient.scandir(folder, **self.kwargs()) as entries:
+                # A generator before smbprotocol 1.17, a context manager since: close() is on both.
+                entries = smbclient.scandir(folder, **self.kwargs())
+                try:
                     for entry in entries:
                         info = entry.smb_info
                         if info.file_attributes & FILE_ATTRIBUTE_DIRECTORY:
                             continue
                         found.append(RemoteFile(entry.name, int(info.end_of_file), info.last_write_time.timestamp()))
+                finally:
+                    entries.close()
             except OSError as exc:
                 if _status_of(exc) in NOT_FOUND_STATUSES:
                     return []
                 raise
             return found
         return self._op("listing %s" % self.display(folder), scan)
-
-    def remove(self, name: str) -> None:
-        path = self.folder() + "\\" + name
-
-        def unlink():
-            try:
-                smbclient.remove(path, **self.kwargs())
-            except OSError as exc:
-                if _status_of(exc) not in NOT_FOUND_STATUSES:
-                    raise
-        self._op("removing %s" % name, unlink)
-
-    def open_read(self, name: str):
-        path = self.folder() + "\\" + name
-        return self._op("opening %s" % name, SmbReader, self, path)
 
     def probe_write(self) -> None:
         kwargs = self.kwargs()
