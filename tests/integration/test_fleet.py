@@ -341,3 +341,36 @@ def test_restore_on_chosen_appliances_only(env):
         assert host not in report["stats"] or report["stats"][host]["changed"] == 0
         listing = fleet.run(host, ["ls", ANNOUNCEMENTS]).stdout.decode().split()
         assert "later.wav" in listing and "greeting.wav" not in listing
+
+
+def test_readme_adhoc_line_on_the_rolled_out_fleet(env):
+    """The README's ad-hoc line, verbatim (the inventory given the way a user's ansible.cfg would:
+    ANSIBLE_INVENTORY), against appliances where the role ran: the module runs under the system
+    Python the inventory names (/usr/bin/python3, which lacks the engine's libraries), hands the work
+    to the runtime the role installed, and returns the run's result; the dead host is unreachable."""
+    import shlex  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    from harness.playbook import BIN, ansible_env  # pylint: disable=import-outside-toplevel
+
+    second_rollout(env)
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        line = re.search(r"Ad hoc: `(ansible pbx -m [^`]+)`", handle.read()).group(1)
+    assert line == "ansible pbx -m sar.backup.sar_backup_run -a job=%s" % JOB
+    argv = shlex.split(line)
+    argv[0] = os.path.join(BIN, "ansible")
+    proc = subprocess.run(argv, cwd=env.work, capture_output=True, text=True, timeout=900, check=False,
+                          env=ansible_env({"ANSIBLE_INVENTORY": env.fleet.inventory_path}))
+    results = {m.group(1): (m.group(2), m.group(3)) for m in
+               re.finditer(r"^(\S+) \| ([A-Z]+)!? => (\{.*?^\})", proc.stdout, re.M | re.S)}
+    fleet = env.fleet
+    (dead,) = fleet.dead_hosts
+    assert results.get(dead, ("",))[0] == "UNREACHABLE", proc.stdout[-3000:]
+    assert proc.returncode == 4, (proc.returncode, proc.stdout[-3000:], proc.stderr[-2000:])  # 4: a host unreachable
+    for host in fleet.hosts:
+        state, text = results[host]
+        res = json.loads(text)
+        assert state == "CHANGED" and res["code"] == "successful", (host, text[-3000:])
+        assert "Failed to import" not in text
+        status = json.loads(fleet.read_file(host, "/var/lib/sar-backup/status/%s.json" % JOB))
+        assert status["archive"]["name"] == res["archive"]["name"] and status["code"] == "successful"
+        assert res["archive"]["name"].startswith("%s_%s_" % (JOB, fleet.hostname_of(host)))
