@@ -117,6 +117,7 @@ class PrivateCluster:
         self.data_dir = os.path.join(self.dir, "data")
         self.log_func = log
         self.started = False
+        self.staging_was = None
         self.as_root = os.geteuid() == 0
         if self.as_root:
             try:
@@ -200,6 +201,7 @@ class PrivateCluster:
                                   % (self.user_name, staging, self.user_name))
             os.chown(staging, 0, self.gid)
             os.chmod(staging, (st.st_mode & 0o7777) | 0o010)
+            self.staging_was = (staging, st.st_gid, st.st_mode & 0o7777)  # put back by stop()
         parent = os.path.dirname(staging)
         while True:
             if not _searchable(parent, self.uid, gids):
@@ -234,16 +236,24 @@ class PrivateCluster:
         return self
 
     def stop(self) -> None:
-        """Stop the server (immediate: the data is thrown away); the caller removes the folder."""
-        if not self.started:
-            return
-        self.started = False
-        try:
-            self._server_tool([os.path.join(self.bin_dir, "pg_ctl"), "stop", "-w", "-t", "60", "-s", "-m",
-                               "immediate", "-D", self.data_dir], "pg_ctl stop")
-        except SourceError as exc:
-            self.log("%s; stopping it by its process id" % exc)
-        stop_leftover(self.workdir)
+        """Stop the server (immediate: the data is thrown away) and give staging back its group and mode; the
+        caller removes the folder."""
+        if self.started:
+            self.started = False
+            try:
+                self._server_tool([os.path.join(self.bin_dir, "pg_ctl"), "stop", "-w", "-t", "60", "-s", "-m",
+                                   "immediate", "-D", self.data_dir], "pg_ctl stop")
+            except SourceError as exc:
+                self.log("%s; stopping it by its process id" % exc)
+            stop_leftover(self.workdir)
+        if self.staging_was:
+            path, gid, mode = self.staging_was
+            self.staging_was = None
+            try:
+                os.chown(path, 0, gid)
+                os.chmod(path, mode)
+            except OSError as exc:
+                self.log("could not give %s back its group and mode: %s" % (path, exc))
 
     # -- connection -------------------------------------------------------------------------------
     def admin_profile(self, profile: dict) -> dict:

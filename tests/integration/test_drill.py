@@ -217,6 +217,10 @@ def test_drill_without_createdb_restores_into_a_private_cluster(pbx, no_createdb
     major = pgcluster.server_major(pbx.cluster.psql("SHOW server_version_num").strip())
     left = pgcluster.PrivateCluster(killed, pgcluster.find_server_binaries(major)).start()
     (left_pid,) = postmasters_under(killed)
+    os.chown(staging, 0, 0)    # its drill never gave staging back its group and mode: a rollout did (0700, root)
+    os.chmod(staging, 0o700)
+    staging_before = os.stat(staging)
+    assert staging_before.st_mode & 0o777 == 0o700                # as runs make it: postgres cannot enter
     capsys.readouterr()
 
     assert pbx.sar("drill", "nightly") == 0
@@ -233,6 +237,9 @@ def test_drill_without_createdb_restores_into_a_private_cluster(pbx, no_createdb
     assert left_pid not in postmasters_under(staging)            # the killed drill's server is stopped ...
     assert not os.path.exists(killed) and [n for n in os.listdir(staging) if n.startswith(".drill")] == []
     assert postmasters_under(staging) == []                     # ... and its own is stopped too
+    after = os.stat(staging)                                    # staging's group and mode are given back
+    assert (after.st_mode, after.st_gid, after.st_uid) == (staging_before.st_mode, staging_before.st_gid,
+                                                           staging_before.st_uid)
 
     # A drill failing in the private cluster (a restore role that does not exist) stops and removes it as well.
     settings = json.loads(json.dumps(pbx.settings))
