@@ -267,7 +267,7 @@ class Drill:
                  "cluster" % major)
         bin_dir = pgcluster.find_server_binaries(major, profile)
         self.cluster = pgcluster.PrivateCluster(workdir, bin_dir, log=self.log_func)
-        self.cluster.start()
+        self.cluster.start()  # a failing start leaves self.cluster set: locked() stops and cleans up
         admin = self.cluster.admin_profile(profile)
         scratch = self.cluster.profile(profile, database)
         user = scratch["database"]["user"]
