@@ -265,3 +265,26 @@ def test_private_cluster_needs_the_servers_own_version():
     assert "PostgreSQL 99 server programs (initdb, pg_ctl, postgres) were not found" in msg
     assert "/usr/lib/postgresql/99/bin (no initdb, pg_ctl, postgres)" in msg and "postgresql-99" in msg
     assert caught.value.code == "sourceFailed"
+
+
+def test_private_cluster_refuses_a_staging_dir_its_user_cannot_reach(pbx, no_createdb, tmp_path):
+    """pytest's tmp (/tmp/pytest-of-root, 0700) is closed to postgres: the drill fails naming that directory,
+    starts nothing, and leaves staging's group and mode as they were."""
+    drill_job(pbx, tmp_path, targets=[{"type": "local"}])
+    settings = json.loads(json.dumps(pbx.settings))
+    settings["staging_dir"] = str(tmp_path / "staging")
+    pbx.store.write_settings(settings)
+    assert pbx.sar("run", "nightly") == 0
+    staging = settings["staging_dir"]
+    before = os.stat(staging)
+    live = pbx.snapshot()
+    assert pbx.sar("drill", "nightly") == 1
+    drill = status(pbx)["last_drill"]
+    assert drill["code"] == "sourceFailed" and drill["isolation"] == "private_cluster"
+    closed = [p for p in [str(tmp_path)] + [str(d) for d in tmp_path.parents]
+              if not os.stat(p).st_mode & 0o001][0]   # the first directory above staging postgres cannot search
+    assert "cannot search %s" % closed in drill["error"] and "'postgres'" in drill["error"], drill["error"]
+    after = os.stat(staging)
+    assert (after.st_mode, after.st_gid) == (before.st_mode, before.st_gid)
+    assert postmasters_under(staging) == [] and [n for n in os.listdir(staging) if n.startswith(".drill")] == []
+    assert pbx.snapshot() == live and databases(pbx.cluster) == []
