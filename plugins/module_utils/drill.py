@@ -98,6 +98,8 @@ class Drill:
         self.passphrase = passphrase or enc.get("passphrase")
         self.identities = identities
         self.started = _now()
+        self.cluster = None     # the private temporary cluster, when the profile's user may not create databases
+        self.isolation = None   # "scratch_database" or "private_cluster" (last_drill.isolation)
 
     def log(self, msg: str) -> None:
         if self.log_func:
