@@ -38,7 +38,7 @@ WORKDIR = os.environ.get("SAR_BENCH_DIR") or "/var/tmp/sar-backup-bench"
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 DEFAULT_SIZE = 1000 * 1000 * 1000
 # Benches whose work dir holds a generated data set, kept so that re-runs skip generating it.
-KEEP_DATA = ("archive", "run")
+KEEP_DATA = ("archive", "run", "drill")
 UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "TB": 1000 ** 4,
          "KIB": 1024, "MIB": 1024 ** 2, "GIB": 1024 ** 3, "TIB": 1024 ** 4}
 
@@ -165,13 +165,18 @@ def render(results: list, facts: dict, size: int, argv: list) -> str:
             "| last command | `%s` |" % " ".join(["bench/run.py"] + argv), ""]
     out += ["## Summary", "", "| bench | result | ratio (ours / peer) |", "|---|---|---|"]
     for res in results:
-        if res["ok"]:
+        if res.get("raw"):
+            out.append("| %s | %s | %s |" % (res["name"], res["title"], res["summary_ratio"]))
+        elif res["ok"]:
             ratio = res.get("ratio")
             out.append("| %s | %s | %s |" % (res["name"], _cell(res["title"]), _cell(ratio) if ratio is not None else "-"))
         else:
             out.append("| %s | **failed**: %s | - |" % (res["name"], _cell(res["error"])[:300]))
     out.append("")
     for res in results:
+        if res.get("raw"):  # a section kept from the page as it was
+            out += [res["raw"], ""]
+            continue
         out += ["## %s: %s" % (res["name"], res["title"]), "",
                 "_Measured %s %s; the bench took %ss._" % (
                     res.get("measured", "?"), "with `--size %s`" % res["size"] if res.get("size") else "(its own sizes)",
@@ -208,17 +213,31 @@ def render(results: list, facts: dict, size: int, argv: list) -> str:
     return "\n".join(out)
 
 
+def sections_of_page(text: str) -> list:
+    """The bench sections of a docs/benchmarks.md as results that render() copies verbatim ("raw"), with the
+    ratio of their summary row: what --only keeps when bench/output/results.json is absent (a fresh clone)."""
+    summary = {name: (title, ratio) for name, title, ratio in re.findall(
+        r"^\| ([A-Za-z0-9_]+) \| (.*) \| ([^|]*) \|$", text.split("\n## ", 3)[2] if text.count("\n## ") >= 3 else "",
+        re.M)}
+    out = []
+    for match in re.finditer(r"^## ([A-Za-z0-9_]+): (.*?)\n(.*?)(?=^## |\Z)", text, re.M | re.S):
+        name, title, body = match.groups()
+        listed = summary.get(name, (title, "-"))
+        out.append({"name": name, "title": listed[0], "ok": True, "raw": ("## %s: %s\n%s" % (name, title, body)).rstrip(),
+                    "summary_ratio": listed[1].strip()})
+    return out
+
+
 def merge_previous(results: list) -> list:
-    """With --only, keep the other benches' sections of the existing docs/benchmarks.md results."""
+    """With --only, keep the other benches' sections: from bench/output/results.json, else (a fresh clone)
+    copied from the existing docs/benchmarks.md."""
     previous = _read(os.path.join(OUTPUT, "results.json"))
-    if not previous:
-        return results
     try:
-        old = json.loads(previous)
-    except ValueError:
+        old = json.loads(previous)["results"] if previous else sections_of_page(_read(DOC))
+    except (ValueError, KeyError, TypeError):
         return results
     fresh = {r["name"] for r in results}
-    kept = [r for r in old.get("results", []) if r.get("name") not in fresh]
+    kept = [r for r in old if r.get("name") not in fresh and r.get("name") != "How to reproduce"]
     return sorted(kept + results, key=lambda r: r["name"])
 
 

@@ -249,6 +249,11 @@ def cmd_drill(store: Store, args) -> int:
         "OK" if drill["success"] else "FAILED", drill["job"], drill.get("target"), archive.get("name") or "-",
         checks.get("tables", 0), checks.get("files", 0), (" - %s (%s)" % (drill["error"], drill["code"]))
         if drill.get("error") else ""))
+    if drill.get("isolation"):
+        out("  database isolation: %s" % {"scratch_database": "a scratch database %s on the profile's server"
+                                          % drill.get("database"),
+                                          "private_cluster": "a private temporary PostgreSQL cluster"}.get(
+            drill["isolation"], drill["isolation"]))
     for table in drill.get("tables") or []:
         out("  table %-40s %10s rows%s" % (table["table"], table["rows"], "" if table["ok"] else "  <- %s" % table["problem"]))
     for tree in drill.get("trees") or []:

@@ -31,7 +31,7 @@ import re
 import stat
 import tempfile
 
-from . import errors, report, sources
+from . import errors, pgcluster, report, sources
 from .errors import LockBusy, SarError, ValidationError
 from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
@@ -98,6 +98,8 @@ class Drill:
         self.passphrase = passphrase or enc.get("passphrase")
         self.identities = identities
         self.started = _now()
+        self.cluster = None     # the private temporary cluster, when the profile's user may not create databases
+        self.isolation = None   # "scratch_database" or "private_cluster" (last_drill.isolation)
 
     def log(self, msg: str) -> None:
         if self.log_func:
@@ -148,6 +150,8 @@ class Drill:
         profile = self.settings["profile"]
         database = None
         info = None
+        self.cluster = None
+        self.isolation = None
         try:
             self.drop_leftovers(profile)
             self.log("drill of job %s from target %d" % (self.job["name"], target))
@@ -167,21 +171,25 @@ class Drill:
             dumps = [e for e in plan if e["kind"] == sources.KIND_DB]
             if dumps:
                 database = scratch_database_name(self.job["name"], self.started)
-                tables = self.check_database(database, dumps, manifest, profile, scratch_root, checks)
+                server = self.isolate(profile, database, scratch_root)
+                tables = self.check_database(database, dumps, manifest, profile, server, scratch_root, checks)
             failed = [t for t in tables if not t["ok"]] + [t for t in trees if not t["ok"]]
             code = errors.VERIFY_FAILED if failed else errors.SUCCESSFUL
             error = None
             if failed:
                 error = "; ".join(t["problem"] for t in failed)
             return self.record(code, target, error, archive=_archive_summary(info), tables=tables, trees=trees,
-                               checks=checks, database=database)
+                               checks=checks, database=database, isolation=self.isolation)
         except SarError as exc:
-            return self.record(exc.code, target, str(exc), archive=_archive_summary(info))
+            return self.record(exc.code, target, str(exc), archive=_archive_summary(info), isolation=self.isolation)
         except OSError as exc:
             code = errors.DISK_FULL if exc.errno == 28 else errors.FAILED
-            return self.record(code, target, "drill failed: %s" % exc, archive=_archive_summary(info))
+            return self.record(code, target, "drill failed: %s" % exc, archive=_archive_summary(info),
+                               isolation=self.isolation)
         finally:
-            if database:
+            if self.cluster is not None:
+                self.cluster.stop()  # the folder goes with scratch_root below
+            elif database:
                 self.drop_database(profile, database)
             try:
                 _remove_tree(scratch_root)
@@ -225,20 +233,77 @@ class Drill:
                                            if mismatched else "")
         return out
 
-    def check_database(self, database: str, dumps: list, manifest: dict, profile: dict, workdir: str,
+    # -- isolation ---------------------------------------------------------------------------------
+    def isolate(self, profile: dict, database: str, workdir: str) -> dict:
+        """Create the empty database the dumps go into; returns the profile that reaches it.
+
+        A scratch database on the profile's server when its user may create databases (CREATEDB or
+        superuser), else a private temporary cluster of the server's own major version in `workdir`
+        (pgcluster.py). Sets self.isolation (recorded in last_drill) and self.cluster."""
+        from .dumpguard import quote_ident
+        row = sources.psql(profile, "SELECT (r.rolcreatedb OR r.rolsuper)::int, pg_catalog.current_setting("
+                                    "'server_version_num'), pg_catalog.pg_encoding_to_char(d.encoding) FROM "
+                                    "pg_catalog.pg_roles r, pg_catalog.pg_database d WHERE r.rolname = CURRENT_USER "
+                                    "AND d.datname = pg_catalog.current_database();", "drill").split("\0")[0]
+        fields = row.strip().split("|")
+        if len(fields) != 3:
+            raise SarError("drill: cannot read the profile user's rights and the server's version (got %r)" % row[:200],
+                           errors.SOURCE_FAILED)
+        can_create, version_num, encoding = fields
+        restore_role = (profile.get("database") or {}).get("restore_role")
+        if can_create == "1":
+            self.isolation = "scratch_database"
+            scratch = dict(profile, database=dict(profile.get("database") or {}, name=database))
+            self.log("creating scratch database %s" % database)
+            try:
+                sources.psql(profile, "CREATE DATABASE %s;" % database, "drill")
+            except SarError as exc:
+                raise SarError("cannot create the scratch database %s for the drill: %s" % (database, exc),
+                               errors.SOURCE_FAILED)
+            if restore_role:
+                sources.psql(scratch, "GRANT ALL ON SCHEMA public TO %s;" % quote_ident(restore_role), "drill")
+            return scratch
+        major = pgcluster.server_major(version_num)
+        self.isolation = "private_cluster"
+        self.log("the profile's user may not create databases: the drill restores into a private PostgreSQL %s "
+                 "cluster" % major)
+        bin_dir = pgcluster.find_server_binaries(major, profile)
+        self.cluster = pgcluster.PrivateCluster(workdir, bin_dir, log=self.log_func)
+        self.cluster.start()  # a failing start leaves self.cluster set: locked() stops and cleans up
+        admin = self.cluster.admin_profile(profile)
+        scratch = self.cluster.profile(profile, database)
+        user = scratch["database"]["user"]
+        # Every role of the live server, so the dump's grants (and restore_role) resolve as there; the profile
+        # user belongs to the roles it belongs to there.
+        live_roles = [r.split(":") for r in sources.psql(
+            profile, "SELECT pg_catalog.encode(pg_catalog.convert_to(rolname, 'UTF8'), 'hex') || ':' || "
+                     "pg_catalog.pg_has_role(CURRENT_USER, oid, 'MEMBER')::int FROM pg_catalog.pg_roles "
+                     "WHERE rolname !~ '^pg_' ORDER BY 1;", "drill").split("\0") if r.strip()]
+        present = {bytes.fromhex(r.strip()).decode("utf-8") for r in sources.psql(
+            admin, "SELECT pg_catalog.encode(pg_catalog.convert_to(rolname, 'UTF8'), 'hex') FROM "
+                   "pg_catalog.pg_roles;", "drill").split("\0") if r.strip()}
+        sql = []
+        if user not in present:
+            sql.append("CREATE ROLE %s LOGIN;" % quote_ident(user))
+            present.add(user)
+        for hexname, member in live_roles:
+            name = bytes.fromhex(hexname.strip()).decode("utf-8")
+            if name not in present:
+                sql.append("CREATE ROLE %s NOLOGIN;" % quote_ident(name))
+            if member.strip() == "1" and name != user:
+                sql.append("GRANT %s TO %s;" % (quote_ident(name), quote_ident(user)))
+        sql.append("CREATE DATABASE %s OWNER %s TEMPLATE template0 ENCODING %s LC_COLLATE 'C' LC_CTYPE 'C';"
+                   % (database, quote_ident(user), quote_literal(encoding)))
+        sources.psql(admin, "\n".join(sql) + "\n", "drill")
+        if restore_role:
+            sources.psql(self.cluster.profile(profile, database, pgcluster.ADMIN_ROLE),
+                         "GRANT ALL ON SCHEMA public TO %s;" % quote_ident(restore_role), "drill")
+        return scratch
+
+    def check_database(self, database: str, dumps: list, manifest: dict, profile: dict, scratch: dict, workdir: str,
                        checks: dict) -> list:
-        """Create the scratch database, restore every dump into it as a restore does, count every table."""
-        scratch = dict(profile, database=dict(profile.get("database") or {}, name=database))
-        self.log("creating scratch database %s" % database)
-        try:
-            sources.psql(profile, "CREATE DATABASE %s;" % database, "drill")
-        except SarError as exc:
-            raise SarError("cannot create the scratch database %s for the drill (the profile's user needs the "
-                           "CREATEDB right): %s" % (database, exc), errors.SOURCE_FAILED)
-        owner_grants = (profile.get("database") or {}).get("restore_role")
-        if owner_grants:
-            from .dumpguard import quote_ident
-            sources.psql(scratch, "GRANT ALL ON SCHEMA public TO %s;" % quote_ident(owner_grants), "drill")
+        """Restore every dump into the scratch database (`scratch`: the profile reaching it) as a restore does,
+        count every table."""
         sources.restore_dumps([(e["category"], os.path.join(e["origin"]), e["member"]) for e in dumps], scratch,
                               workdir, log=self.log_func)
         recorded = {}
@@ -298,6 +363,10 @@ class Drill:
             except SarError as exc:
                 warnings.append("could not mail the drill report: %s" % exc)
         return drill
+
+
+def quote_literal(text: str) -> str:
+    return "'%s'" % text.replace("'", "''")
 
 
 def _archive_summary(info) -> dict | None:

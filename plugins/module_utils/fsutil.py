@@ -131,6 +131,10 @@ def clean_staging(root: str, log=None, kept_copy=None, keep=()) -> list:
         if stale_dir or stale_copy:
             if log:
                 log("removing leftover %s from an interrupted run, restore or drill" % path)
+            if stale_dir and entry.startswith(".drill-"):
+                from .pgcluster import stop_leftover  # local: only a killed drill leaves a server running
+                if stop_leftover(path) and log:
+                    log("stopped the private PostgreSQL cluster an interrupted drill left running in %s" % path)
             if stale_dir:
                 shutil.rmtree(path, ignore_errors=True)
             else:

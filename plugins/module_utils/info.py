@@ -56,9 +56,17 @@ def _load(store, name: str):
 
 
 def schedule_info(job: dict) -> dict:
+    """on_calendar and next_runs of the job's runs; `drill`: the same for its restore drills (the role writes
+    sar-backup-drill-<job>.timer from it; empty lists for a job without a scheduled drill)."""
+    drill = job.get("drill") or {}
+    drill_job = {"interval": drill.get("interval") or "manual", "start": drill.get("start")}
     return {
         "on_calendar": schedule.on_calendar(job),
         "next_runs": [schedule.iso(t) for t in schedule.next_runs(job, 3)],
+        "drill": {
+            "on_calendar": schedule.on_calendar(drill_job),
+            "next_runs": [schedule.iso(t) for t in schedule.next_runs(drill_job, 3)],
+        },
     }
 
 

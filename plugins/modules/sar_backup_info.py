@@ -121,6 +121,21 @@ jobs:
           type: list
           elements: str
           sample: ["2026-12-01T02:30:00+01:00", "2026-12-02T02:30:00+01:00", "2026-12-03T02:30:00+01:00"]
+        drill:
+          description: When the job's restore drills run on their own (C(drill) option); the role writes the timer
+            C(sar-backup-drill-<job>.timer) from it.
+          type: dict
+          contains:
+            on_calendar:
+              description: systemd C(OnCalendar=) expressions of the drill timer (empty without a drill or for V(manual)).
+              type: list
+              elements: str
+              sample: ["Sun *-*-* 05:00:00"]
+            next_runs:
+              description: The next 3 drill times, ISO 8601 with UTC offset (empty without a scheduled drill).
+              type: list
+              elements: str
+              sample: ["2026-12-06T05:00:00+01:00", "2026-12-13T05:00:00+01:00", "2026-12-20T05:00:00+01:00"]
     last_run:
       description:
         - The job's status file (C(<status_dir>/<name>.json)) as written by its last run, or null when it never ran.

@@ -95,6 +95,21 @@ schedule:
       type: list
       elements: str
       sample: ["2026-12-01T02:30:00+01:00", "2026-12-02T02:30:00+01:00", "2026-12-03T02:30:00+01:00"]
+    drill:
+      description: When the job's restore drills run on their own (C(drill) option); the role writes the timer
+        C(sar-backup-drill-<job>.timer) from it.
+      type: dict
+      contains:
+        on_calendar:
+          description: systemd C(OnCalendar=) expressions of the drill timer (empty without a drill or for V(manual)).
+          type: list
+          elements: str
+          sample: ["Sun *-*-* 05:00:00"]
+        next_runs:
+          description: The next 3 drill times, ISO 8601 with UTC offset (empty without a scheduled drill).
+          type: list
+          elements: str
+          sample: ["2026-12-06T05:00:00+01:00", "2026-12-13T05:00:00+01:00", "2026-12-20T05:00:00+01:00"]
 path:
   description: The job file on the host.
   returned: always

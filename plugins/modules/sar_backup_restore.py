@@ -104,7 +104,9 @@ options:
     description:
       - A restore drill instead of a restore - the newest archive of O(job) is fetched from a target, verified, and
         restored into isolation (file trees into a scratch folder under the staging directory, database dumps into a
-        scratch database created for the drill and dropped afterwards); then every table's row count is compared with
+        scratch database created for the drill and dropped afterwards, or - where the profile's user may not create
+        databases - into a private temporary PostgreSQL cluster of the server's version, on a unix socket in the staging
+        directory, removed afterwards); then every table's row count is compared with
         the count recorded at backup time and every restored file's SHA-256 with the archive's. Nothing of the
         appliance is changed. The result goes to the job's status file (C(last_drill)), the metrics and, on failure, the
         report mail. Not run in check mode.
@@ -257,7 +259,7 @@ restored:
 drill:
   description: With O(drill), the drill record (also in the status file as C(last_drill)) - C(code), C(target),
     C(archive), C(tables) (per table C(rows) restored and C(recorded) at backup time), C(trees) (files and bytes
-    checked), C(checks) (totals), C(seconds), C(error).
+    checked), C(checks) (totals), C(seconds), C(error), C(isolation) (V(scratch_database) or V(private_cluster)).
   returned: with O(drill)
   type: dict
 checks:

@@ -66,6 +66,7 @@ def test_drill_proves_the_newest_archive_and_touches_nothing_live(pbx, tmp_path,
     st = status(pbx)
     drill = st["last_drill"]
     assert drill["code"] == "successful" and drill["target"] == 0 and st["last_drill_success"] == drill["finished"]
+    assert drill["isolation"] == "scratch_database" and drill["database"].startswith("sar_drill_nightly_")
     assert drill["checks"]["tables"] == len(sample.CORE_TABLES) + len(sample.CDR_TABLES)
     assert drill["checks"]["files"] > 0 and all(t["ok"] for t in drill["tables"] + drill["trees"])
     assert st["code"] == "successful"                      # the run's own result is kept
@@ -149,3 +150,141 @@ def test_row_counts_recorded_at_backup_are_checked(pbx, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "table public.users: 40 rows restored, 41 recorded at backup time" in out
     assert status(pbx)["last_drill"]["code"] == "verifyFailed"
+
+
+# -- a profile user without CREATEDB: the private temporary cluster ------------------------------------------
+def postmasters_under(path: str) -> list:
+    """PIDs of PostgreSQL servers whose command line names a directory below `path`."""
+    out = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"postgres" and any(a.startswith(os.fsencode(path)) for a in argv):
+            out.append(int(pid))
+    return out
+
+
+@pytest.fixture
+def no_createdb(pbx, tmp_path):
+    """The profile's user becomes a role without CREATEDB that may only read the appliance's tables; a second
+    role gets a grant on users (the dump carries that ACL: the private cluster must know the role). Staging moves
+    to a folder the cluster's OS user (postgres) can reach (pytest's own tmp is root-only)."""
+    import secrets
+    import shutil
+    import tempfile
+    from harness.postgres import quote_literal
+    suffix = secrets.token_hex(4)
+    user, reader = "drill_nocreate_%s" % suffix, "pbx_reporting_%s" % suffix
+    password = "pw:%s\\x" % secrets.token_urlsafe(8)
+    cluster = pbx.cluster
+    cluster.psql("CREATE ROLE %s LOGIN NOCREATEDB NOSUPERUSER PASSWORD %s; CREATE ROLE %s NOLOGIN;"
+                 % (user, quote_literal(password), reader))
+    cluster.psql("GRANT USAGE ON SCHEMA public TO %s; GRANT SELECT ON ALL TABLES IN SCHEMA public TO %s; "
+                 "GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO %s; GRANT SELECT ON users TO %s;"
+                 % (user, user, user, reader), db=pbx.db)
+    root = tempfile.mkdtemp(prefix="sar-drill-")
+    os.chmod(root, 0o755)
+    settings = json.loads(json.dumps(pbx.settings))
+    settings["profile"]["database"].update(user=user, password=password)
+    settings["staging_dir"] = os.path.join(root, "staging")
+    pbx.store.write_settings(settings)
+    pbx.settings = settings
+    try:
+        yield {"user": user, "reader": reader, "staging": settings["staging_dir"]}
+    finally:
+        for pid in postmasters_under(root):
+            os.kill(pid, 9)
+        shutil.rmtree(root, ignore_errors=True)
+        for role in (user, reader):
+            cluster.psql("DROP OWNED BY %s" % role, db=pbx.db)
+            cluster.psql("DROP ROLE %s" % role)
+
+
+def test_drill_without_createdb_restores_into_a_private_cluster(pbx, no_createdb, tmp_path, capsys):
+    from ansible_collections.sar.backup.plugins.module_utils import pgcluster
+    drill_job(pbx, tmp_path)
+    assert pbx.sar("run", "nightly") == 0
+    pbx.change()
+    live = pbx.snapshot()
+    before = databases(pbx.cluster)
+    staging = no_createdb["staging"]
+    # A drill killed with its private cluster running: the server still runs on its folder in staging.
+    killed = os.path.join(staging, ".drill-abcd1234")
+    os.mkdir(killed, 0o700)
+    major = pgcluster.server_major(pbx.cluster.psql("SHOW server_version_num").strip())
+    left = pgcluster.PrivateCluster(killed, pgcluster.find_server_binaries(major)).start()
+    (left_pid,) = postmasters_under(killed)
+    os.chown(staging, 0, 0)    # its drill never gave staging back its group and mode: a rollout did (0700, root)
+    os.chmod(staging, 0o700)
+    staging_before = os.stat(staging)
+    assert staging_before.st_mode & 0o777 == 0o700                # as runs make it: postgres cannot enter
+    capsys.readouterr()
+
+    assert pbx.sar("drill", "nightly") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK nightly: restore drill from target 0"), out
+    assert "database isolation: a private temporary PostgreSQL cluster" in out
+    drill = status(pbx)["last_drill"]
+    assert drill["code"] == "successful" and drill["isolation"] == "private_cluster"
+    assert drill["checks"]["tables"] == len(sample.CORE_TABLES) + len(sample.CDR_TABLES)
+    assert all(t["ok"] and t["rows"] == t["recorded"] for t in drill["tables"])
+    assert {t["table"]: t["rows"] for t in drill["tables"]}["public.users"] == 40
+    assert pbx.snapshot() == live                               # the live database and trees byte for byte
+    assert databases(pbx.cluster) == before == []               # nothing created on the live server
+    assert left_pid not in postmasters_under(staging)            # the killed drill's server is stopped ...
+    assert not os.path.exists(killed) and [n for n in os.listdir(staging) if n.startswith(".drill")] == []
+    assert postmasters_under(staging) == []                     # ... and its own is stopped too
+    after = os.stat(staging)                                    # staging's group and mode are given back
+    assert (after.st_mode, after.st_gid, after.st_uid) == (staging_before.st_mode, staging_before.st_gid,
+                                                           staging_before.st_uid)
+
+    # A drill failing in the private cluster (a restore role that does not exist) stops and removes it as well.
+    settings = json.loads(json.dumps(pbx.settings))
+    settings["profile"]["database"]["restore_role"] = "no_such_role_for_drills"
+    pbx.store.write_settings(settings)
+    capsys.readouterr()
+    assert pbx.sar("drill", "nightly") == 1
+    drill = status(pbx)["last_drill"]
+    assert drill["code"] != "successful" and drill["isolation"] == "private_cluster"
+    assert "no_such_role_for_drills" in drill["error"]
+    assert postmasters_under(staging) == [] and [n for n in os.listdir(staging) if n.startswith(".drill")] == []
+    assert pbx.snapshot() == live and databases(pbx.cluster) == []
+
+
+def test_private_cluster_needs_the_servers_own_version():
+    """No server programs of the live server's major version: a clear error naming what is missing."""
+    from ansible_collections.sar.backup.plugins.module_utils import pgcluster
+    from ansible_collections.sar.backup.plugins.module_utils.errors import SourceError
+    assert pgcluster.server_major("150010") == "15" and pgcluster.server_major("90624") == "9.6"
+    with pytest.raises(SourceError) as caught:
+        pgcluster.find_server_binaries("99")
+    msg = str(caught.value)
+    assert "PostgreSQL 99 server programs (initdb, pg_ctl, postgres) were not found" in msg
+    assert "/usr/lib/postgresql/99/bin (no initdb, pg_ctl, postgres)" in msg and "postgresql-99" in msg
+    assert caught.value.code == "sourceFailed"
+
+
+def test_private_cluster_refuses_a_staging_dir_its_user_cannot_reach(pbx, no_createdb, tmp_path):
+    """pytest's tmp (/tmp/pytest-of-root, 0700) is closed to postgres: the drill fails naming that directory,
+    starts nothing, and leaves staging's group and mode as they were."""
+    drill_job(pbx, tmp_path, targets=[{"type": "local"}])
+    settings = json.loads(json.dumps(pbx.settings))
+    settings["staging_dir"] = str(tmp_path / "staging")
+    pbx.store.write_settings(settings)
+    assert pbx.sar("run", "nightly") == 0
+    staging = settings["staging_dir"]
+    before = os.stat(staging)
+    live = pbx.snapshot()
+    assert pbx.sar("drill", "nightly") == 1
+    drill = status(pbx)["last_drill"]
+    assert drill["code"] == "sourceFailed" and drill["isolation"] == "private_cluster"
+    closed = [p for p in [str(tmp_path)] + [str(d) for d in tmp_path.parents]
+              if not os.stat(p).st_mode & 0o001][0]   # the first directory above staging postgres cannot search
+    assert "cannot search %s" % closed in drill["error"] and "'postgres'" in drill["error"], drill["error"]
+    after = os.stat(staging)
+    assert (after.st_mode, after.st_gid) == (before.st_mode, before.st_gid)
+    assert postmasters_under(staging) == [] and [n for n in os.listdir(staging) if n.startswith(".drill")] == []
+    assert pbx.snapshot() == live and databases(pbx.cluster) == []

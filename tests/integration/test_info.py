@@ -133,7 +133,8 @@ def test_jobs_masked_schedule_and_last_run(env):
     assert weekly["last_run"] is None and "error" not in weekly
     adhoc = by_name(before["jobs"])["adhoc"]
     assert adhoc["last_run"] is None
-    assert adhoc["schedule"] == {"on_calendar": [], "next_runs": []}  # manual
+    assert adhoc["schedule"] == {"on_calendar": [], "next_runs": [],  # manual, no drill
+                                 "drill": {"on_calendar": [], "next_runs": []}}
 
     assert res["run"]["code"] == "successful"
     after = res["after"]["jobs"]
