@@ -6,7 +6,6 @@ retention, retries. A target type implements the small primitives below."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .. import errors, retention
 from ..errors import TargetError
+from ..fsutil import sha256_stream
 
 ROOT_DIR = "starface-backup"
 CHUNK = 1024 * 1024
@@ -115,15 +115,8 @@ class Target:
     def verify_full(self, name: str, size: int, sha256: str) -> None:
         """Re-read the uploaded archive and compare SHA-256 (override when the
         service offers its own hash)."""
-        digest = hashlib.sha256()
-        total = 0
         with self.open_read(name) as handle:
-            while True:
-                chunk = handle.read(CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                total += len(chunk)
+            digest, total = sha256_stream(handle, CHUNK)
         if total != size or digest.hexdigest() != sha256:
             raise TargetError(
                 "%s: read-back of %s does not match (%d bytes, sha256 %s; expected %d bytes, %s)"
