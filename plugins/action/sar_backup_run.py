@@ -6,7 +6,6 @@ controller and checks its SHA-256 there."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -14,16 +13,14 @@ import tempfile
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.sar.backup.plugins.module_utils.fsutil import sha256_file
+
 ARCHIVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.sar$")
 SAFE_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)[0].hexdigest()
 
 
 class ActionModule(ActionBase):

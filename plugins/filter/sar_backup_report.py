@@ -162,7 +162,7 @@ from ansible.module_utils.common.text.converters import to_text
 
 from ansible_collections.sar.backup.plugins.module_utils import report
 from ansible_collections.sar.backup.plugins.module_utils.errors import SarError
-from ansible_collections.sar.backup.plugins.module_utils.fsutil import parse_duration
+from ansible_collections.sar.backup.plugins.module_utils.fsutil import format_size, parse_duration
 
 STATES = ("ok", "warning", "critical", "unknown")
 _NAGIOS_STATE = {0: "ok", 1: "warning", 2: "critical", 3: "unknown"}
@@ -208,7 +208,7 @@ def _archives(info: dict, job: str, points: int) -> list:
             continue
         size = entry.get("size") or 0
         seen.setdefault(entry["name"], {"name": entry["name"], "size": size,
-                                        "size_text": report._size(size),  # pylint: disable=protected-access
+                                        "size_text": format_size(size),
                                         "created": entry.get("created")})
     ordered = sorted(seen.values(), key=lambda a: (_iso_epoch(a["created"]) or 0, a["name"]))
     return ordered[-points:] if points > 0 else []
@@ -268,7 +268,7 @@ def _row(host: str, info: dict, entry: dict, warn: int, crit: int, now: float, p
         "success_age": age,
         "success_age_text": "never" if age is None else report._human(age),  # pylint: disable=protected-access
         "size": size,
-        "size_text": "—" if size is None else report._size(size),  # pylint: disable=protected-access
+        "size_text": "—" if size is None else format_size(size),
         "targets": _targets(entry, status, unreachable),
         "drill": drill,
         "archives": archives,

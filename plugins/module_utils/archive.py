@@ -36,6 +36,7 @@ import zlib
 
 from . import agecrypt, signing
 from .errors import ArchiveError, DecryptKeyError, MissingLibrary, SourceError, ValidationError
+from .fsutil import sha256_stream
 from .job import CATEGORIES, NAME_RE
 
 try:
@@ -1598,14 +1599,7 @@ def _read_whole(handle, size: int) -> bytearray:
 
 
 def _hash_member(handle, sink=None) -> bytes:
-    sha = hashlib.sha256()
-    while True:
-        data = handle.read(COPY_CHUNK)
-        if not data:
-            return sha.digest()
-        sha.update(data)
-        if sink is not None:
-            sink(data)
+    return sha256_stream(handle, COPY_CHUNK, (sink,) if sink is not None else ())[0].digest()
 
 
 def _open_tar(stream):

@@ -32,7 +32,7 @@ import time
 
 from . import errors, info, report
 from .errors import ArchiveError, DecryptKeyError, SarError, TrustError, ValidationError
-from .fsutil import parse_duration, short_hostname
+from .fsutil import format_size, parse_duration, short_hostname
 from .restore import Restore, parse_identities
 from .runner import VERSION, run_job
 from .store import Store, effective_metrics_path
@@ -79,11 +79,11 @@ class Console:
             return
         self.drawn = now
         rate = done / max(now - self.phase_began, 1e-6)
-        line = "  %s: %s" % (phase, _mb(done))
+        line = "  %s: %s" % (phase, format_size(done, "MB"))
         if total:
             eta = max(total - done, 0) / rate if rate else 0
-            line += " / %s (%3d%%)  ETA %d:%02d" % (_mb(total), min(100, done * 100 // max(total, 1)), eta // 60, eta % 60)
-        line += "  %s/s" % _mb(rate)
+            line += " / %s (%3d%%)  ETA %d:%02d" % (format_size(total, "MB"), min(100, done * 100 // max(total, 1)), eta // 60, eta % 60)
+        line += "  %s/s" % format_size(rate, "MB")
         self.stream.write("\r" + line.ljust(78))
         self.stream.flush()
         self.live = True
@@ -93,10 +93,6 @@ class Console:
             self.stream.write("\n")
             self.live = False
             self.phase_began = None
-
-
-def _mb(num) -> str:
-    return "%.1f MB" % (num / 1e6)
 
 
 def _read_secret_file(path):

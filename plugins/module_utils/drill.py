@@ -25,7 +25,6 @@ Nagios check and - on failure - the report mail."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import re
 import stat
@@ -33,7 +32,7 @@ import tempfile
 
 from . import errors, pgcluster, report, sources
 from .errors import LockBusy, SarError, ValidationError
-from .fsutil import clean_staging, short_hostname
+from .fsutil import clean_staging, sha256_file, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
 from .restore import Restore, _remove_tree
 
@@ -214,10 +213,7 @@ class Drill:
                     continue
                 rel = os.path.relpath(path, root)
                 found.add(rel)
-                digest = hashlib.sha256()
-                with open(path, "rb") as handle:
-                    for block in iter(lambda: handle.read(1024 * 1024), b""):
-                        digest.update(block)
+                digest = sha256_file(path)[0]
                 if digests.get(member + "/" + rel) != digest.digest():
                     mismatched.append(rel)
                 size += st.st_size

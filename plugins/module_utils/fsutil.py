@@ -1,10 +1,12 @@
 # -*- coding: utf-8 -*-
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Copyright: sar-backup engineers
-"""Small shared helpers: atomic private files, sizes, durations, host name."""
+"""Small shared helpers: atomic private files, sizes (parsed and shown), durations, host name, SHA-256 of a
+stream or file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,6 +38,53 @@ def parse_size(value, field: str) -> int:
         raise ValidationError(
             field, "%r is not a size: use bytes or a number with KB, MB, GB, KiB, MiB or GiB" % (value,))
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+_SHOWN_UNITS = ("B", "KB", "MB", "GB", "TB")
+
+
+def format_size(num, unit: str = "") -> str:
+    """How every message, report and progress line shows a size: powers of 1000 like parse_size's KB/MB,
+    one decimal below 100 and none from 100 on ('950 B', '8.0 GB', '31.2 MB', '200 KB', '2.4 TB'); None is
+    '-'. `unit` ('MB') fixes the unit (a progress line that must not jump between units)."""
+    if num is None:
+        return "-"
+    if unit:
+        value = num / _SIZE_UNITS[unit.upper()]
+    else:
+        value, unit = float(num), _SHOWN_UNITS[0]
+        for unit in _SHOWN_UNITS:
+            if abs(value) < 1000 or unit == _SHOWN_UNITS[-1]:
+                break
+            value /= 1000
+        if unit == "B":
+            return "%d B" % value
+    return ("%.0f %s" if abs(round(value, 1)) >= 100 else "%.1f %s") % (value, unit)
+
+
+HASH_CHUNK = 1024 * 1024
+
+
+def sha256_stream(handle, chunk: int = HASH_CHUNK, sinks=()) -> tuple:
+    """(SHA-256 hash object, byte count) of what is left to read in the binary file object `handle`, read
+    `chunk` bytes at a time; every piece is also handed to each callable of `sinks` (another hash's
+    update, a writer), so one pass serves several consumers. The one streaming SHA-256 of the engine."""
+    digest = hashlib.sha256()
+    total = 0
+    while True:
+        data = handle.read(chunk)
+        if not data:
+            return digest, total
+        digest.update(data)
+        total += len(data)
+        for sink in sinks:
+            sink(data)
+
+
+def sha256_file(path: str, chunk: int = HASH_CHUNK, sinks=()) -> tuple:
+    """sha256_stream() of the file at `path` (OSError when it cannot be read)."""
+    with open(path, "rb") as handle:
+        return sha256_stream(handle, chunk, sinks)
 
 
 def parse_duration(value, field: str) -> int:

@@ -202,14 +202,6 @@ def to_bytes(msg: EmailMessage) -> bytes:
     return msg.as_bytes(policy=WIRE_POLICY)
 
 
-def human_size(size: int) -> str:
-    """31234567 -> '31.2 MB' (powers of 1000, three significant digits)."""
-    for factor, unit in ((10 ** 9, "GB"), (10 ** 6, "MB"), (10 ** 3, "KB")):
-        if size >= factor:
-            return "%s %s" % (("%.3g" % (size / factor)), unit)
-    return "%d bytes" % size
-
-
 # -- the SMTP session ------------------------------------------------------------
 
 class _Scrubber:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from .errors import SarError
-from .fsutil import atomic_write_json, read_json
+from .fsutil import atomic_write_json, format_size, read_json
 from .targets import types as target_types
 
 STATUS_FORMAT = 1
@@ -330,16 +330,6 @@ def wants_mail(job: dict, result: dict) -> bool:
     return job.get("report_on") == "always" or result.get("code") != "successful"
 
 
-def _size(num) -> str:
-    if num is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if num < 1000 or unit == "GB":
-            return ("%d %s" % (num, unit)) if unit == "B" else ("%.1f %s" % (num, unit))
-        num /= 1000.0
-    return str(num)
-
-
 def report_text(result: dict) -> tuple:
     """(subject, plain text, html) of a run report. Never holds a secret: the
     result only carries masked locations and error messages."""
@@ -354,7 +344,7 @@ def report_text(result: dict) -> tuple:
         "Finished:    %s" % result.get("finished"),
         "Duration:    %ss" % result.get("duration"),
         "Result:      %s" % result.get("code"),
-        "Archive:     %s (%s, sha256 %s)" % (archive.get("name") or "-", _size(archive.get("size")), archive.get("sha256") or "-"),
+        "Archive:     %s (%s, sha256 %s)" % (archive.get("name") or "-", format_size(archive.get("size")), archive.get("sha256") or "-"),
     ]
     if result.get("error"):
         lines.append("Error:       %s" % result["error"])
@@ -366,12 +356,12 @@ def report_text(result: dict) -> tuple:
                                                     t.get("code"), t.get("error") or ""))
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % tuple(
             [t.get("index", 0) + 1] + [html_mod.escape(str(v)) for v in (
-                t.get("type"), t.get("location") or "", t.get("code"), _size(t.get("bytes")), t.get("error") or "")]))
+                t.get("type"), t.get("location") or "", t.get("code"), format_size(t.get("bytes")), t.get("error") or "")]))
     text = "\n".join(lines) + "\n"
     head = "".join("<tr><th align=left>%s</th><td>%s</td></tr>" % (html_mod.escape(k), html_mod.escape(str(v))) for k, v in (
         ("Backup job", result["job"]), ("Host", result["host"]), ("Started", result.get("started")),
         ("Duration", "%ss" % result.get("duration")), ("Result", result.get("code")),
-        ("Archive", "%s (%s)" % (archive.get("name") or "-", _size(archive.get("size")))),
+        ("Archive", "%s (%s)" % (archive.get("name") or "-", format_size(archive.get("size")))),
         ("Error", result.get("error") or "-")))
     html = ("<html><body><h3>%s</h3><table>%s</table><h4>Targets</h4><table border=1 cellpadding=4>"
             "<tr><th>#</th><th>Type</th><th>Location</th><th>Result</th><th>Bytes</th><th>Error</th></tr>%s</table>"
@@ -402,10 +392,10 @@ def drill_report_text(drill: dict) -> tuple:
         "Duration:    %ss" % drill.get("seconds"),
         "Result:      %s" % drill.get("code"),
         "Target:      %s" % drill.get("target"),
-        "Archive:     %s (%s, sha256 %s)" % (archive.get("name") or "-", _size(archive.get("size")),
+        "Archive:     %s (%s, sha256 %s)" % (archive.get("name") or "-", format_size(archive.get("size")),
                                              archive.get("sha256") or "-"),
         "Checked:     %d table(s), %d file(s), %s" % (
-            checks.get("tables", 0), checks.get("files", 0), _size(checks.get("bytes", 0))),
+            checks.get("tables", 0), checks.get("files", 0), format_size(checks.get("bytes", 0))),
     ]
     if drill.get("error"):
         lines.append("Error:       %s" % drill["error"])

@@ -207,7 +207,7 @@ class Restore:
                 entry = matches[0]
             where["name"] = entry.name
             local = getattr(tgt, "local_path", None)
-            if tgt.TYPE == "local" and local is not None:
+            if tgt.TYPE == "local" and local is not None and local(entry.name):
                 return local(entry.name), where
             return _downloaded(tgt, entry.name, entry.size, self.staging(), self.log_func), where
         finally:

@@ -350,8 +350,9 @@ class Run:
             outcome = target.deliver(path, archive["name"], archive["size"], archive["sha256"])
             entry.update(status="ok", code=errors.SUCCESSFUL, bytes=outcome.get("bytes", archive["size"]),
                          pruned=outcome.get("pruned", []))
-            if hasattr(target, "local_path"):
-                entry["local_path"] = target.local_path(archive["name"])
+            kept_at = getattr(target, "local_path", None)
+            if kept_at is not None and kept_at(archive["name"]):  # None: not readable after the run (usb)
+                entry["local_path"] = kept_at(archive["name"])
         except MissingLibrary as exc:
             entry.update(code=exc.code, error=self.describe_missing(exc))
         except SarError as exc:

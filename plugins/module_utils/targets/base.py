@@ -6,7 +6,6 @@ retention, retries. A target type implements the small primitives below."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from .. import errors, retention
 # The format's names, where every target takes them from.
 from ..archive import archive_pattern, partial_name, partial_pattern  # pylint: disable=unused-import
 from ..errors import TargetError
+from ..fsutil import sha256_stream
 
 ROOT_DIR = "starface-backup"
 CHUNK = 1024 * 1024
@@ -101,15 +101,8 @@ class Target:
     def verify_full(self, name: str, size: int, sha256: str) -> None:
         """Re-read the uploaded archive and compare SHA-256 (override when the
         service offers its own hash)."""
-        digest = hashlib.sha256()
-        total = 0
         with self.open_read(name) as handle:
-            while True:
-                chunk = handle.read(CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                total += len(chunk)
+            digest, total = sha256_stream(handle, CHUNK)
         if total != size or digest.hexdigest() != sha256:
             raise TargetError(
                 "%s: read-back of %s does not match (%d bytes, sha256 %s; expected %d bytes, %s)"

@@ -60,6 +60,7 @@ import uuid
 
 from .. import errors
 from ..errors import MissingLibrary, TargetError
+from ..fsutil import sha256_file
 from .base import ROOT_DIR, RemoteFile, Target
 
 try:
@@ -626,14 +627,7 @@ class DropboxTarget(Target):
     def _local_hash(src_path: str) -> tuple:
         """(Dropbox content hash, SHA-256) of a local file, in one pass."""
         chash = content_hasher()
-        sha = hashlib.sha256()
-        with open(src_path, "rb") as handle:
-            while True:
-                chunk = handle.read(BLOCK)
-                if not chunk:
-                    break
-                chash.update(chunk)
-                sha.update(chunk)
+        sha = sha256_file(src_path, BLOCK, sinks=(chash.update,))[0]
         return chash.hexdigest(), sha.hexdigest()
 
     # -- verification ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ import email.utils
 
 from .. import errors, mailer
 from ..errors import TargetError
+from ..fsutil import format_size
 from .base import Target
 
 MIME_TYPE = "application/octet-stream"
@@ -84,7 +85,7 @@ class EmailTarget(Target):
             "Save the attachment under its name; `sar-backup verify FILE` checks it\n"
             "before a restore.\n"
         ) % {"job": self.ctx.job, "host": self.ctx.host, "name": name, "size": size,
-             "human": mailer.human_size(size), "sha": sha256}
+             "human": format_size(size), "sha": sha256}
 
     def message_args(self, src_path: str, name: str, size: int, sha256: str) -> dict:
         """Arguments for mailer.compose/message_size; Message-ID and Date
@@ -108,7 +109,7 @@ class EmailTarget(Target):
             raise TargetError(
                 "archive is %s after encoding (%d bytes with the message), over the e-mail target's max_size %s "
                 "(%d bytes); raise max_size if the relay takes bigger messages, or use another target type"
-                % (mailer.human_size(total), total, mailer.human_size(limit), limit), errors.MAIL_TOO_BIG)
+                % (format_size(total), total, format_size(limit), limit), errors.MAIL_TOO_BIG)
         return total
 
     def send(self, src_path: str, name: str, size: int, sha256: str) -> None:
@@ -124,7 +125,7 @@ class EmailTarget(Target):
     def deliver(self, src_path: str, name: str, size: int, sha256: str) -> dict:
         """One message with the archive attached. Returns {'bytes', 'pruned'}."""
         self.send(src_path, name, size, sha256)
-        self.log("sent %s (%s) to %s" % (name, mailer.human_size(size), self.location()))
+        self.log("sent %s (%s) to %s" % (name, format_size(size), self.location()))
         return {"bytes": size, "pruned": []}
 
     def probe_write(self) -> None:

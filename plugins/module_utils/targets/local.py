@@ -115,6 +115,11 @@ def os_error(exc: OSError, where: str) -> TargetError:
 
 
 class LocalTarget(Target):
+    """Archives in <base>/starface-backup/<job>/ on a mounted filesystem. The usb target is this target on
+    the filesystem of a drive it mounts (usb.py): listing, removal, reading, the write probe and the error
+    mapping live here once; a subclass says where the files are (`base`), how errors name the place
+    (`fs_error`) and whether the files stay reachable after the run (`local_path`)."""
+
     TYPE = "local"
 
     @property
@@ -127,6 +132,10 @@ class LocalTarget(Target):
 
     def location(self) -> str:
         return self.base
+
+    def fs_error(self, exc: OSError, path: str) -> TargetError:
+        """An OSError on `path` of this filesystem as a TargetError with a result code."""
+        return os_error(exc, path)
 
     def check_base(self) -> None:
         """A `path` the job gives must exist: a typo, or a backup disk that is not mounted, must not
@@ -141,14 +150,15 @@ class LocalTarget(Target):
         try:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise os_error(exc, self.folder)
+            raise self.fs_error(exc, self.folder) from exc
 
     def put(self, src_path: str, name: str, size: int) -> None:
         # Staging and the archive folder on one filesystem (the usual case): a link, not a second copy.
-        if LINK_FROM_STAGING and link_atomic(src_path, self.folder, name, size, where=self.folder):
+        if LINK_FROM_STAGING and link_atomic(src_path, self.folder, name, size, where=self.folder,
+                                             map_error=self.fs_error):
             self.log("%s linked into %s (same filesystem as staging: no copy)" % (name, self.folder))
             return
-        copy_atomic(src_path, self.folder, name, size, where=self.folder)
+        copy_atomic(src_path, self.folder, name, size, where=self.folder, map_error=self.fs_error)
 
     def listdir(self) -> list:
         try:
@@ -156,7 +166,7 @@ class LocalTarget(Target):
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise os_error(exc, self.folder)
+            raise self.fs_error(exc, self.folder) from exc
         out = []
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
@@ -170,12 +180,17 @@ class LocalTarget(Target):
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise os_error(exc, self.folder)
+            raise self.fs_error(exc, self.folder) from exc
 
     def open_read(self, name: str):
-        return open(os.path.join(self.folder, name), "rb")
+        path = os.path.join(self.folder, name)
+        try:
+            return open(path, "rb")
+        except OSError as exc:
+            raise self.fs_error(exc, path) from exc
 
-    def local_path(self, name: str) -> str:
+    def local_path(self, name: str):
+        """Where archive `name` stays readable after the run (restores read it there), or None."""
         return os.path.join(self.folder, name)
 
     def probe_write(self) -> None:
@@ -189,10 +204,11 @@ class LocalTarget(Target):
             probe_dir = parent
         probe = os.path.join(probe_dir, ".sar-backup-probe-%s" % uuid.uuid4().hex)
         try:
-            with open(probe, "wb") as handle:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # 0600 at once: FAT refuses chmod
+            with os.fdopen(fd, "wb") as handle:
                 handle.write(b"probe")
         except OSError as exc:
-            raise os_error(exc, probe_dir)
+            raise self.fs_error(exc, probe_dir) from exc
         finally:
             try:
                 os.unlink(probe)

@@ -24,8 +24,11 @@ package fusefat) and `mount.exfat-fuse` (exfat-fuse). Both then run as
 `sync -f` on the mount, unmounts what this target mounted (retrying; as a last
 resort a lazy unmount, always logged) and removes the directory.
 
-Writing: archives go to <mount>/starface-backup/<job>/ under a partial name,
-fsync, rename, fsync of the folder (`copy_atomic`). Refused before writing,
+Writing: the usb target is the `local` target (local.py) on the filesystem of
+the drive: the same listing, removal, reading, write probe and error mapping,
+archives in <mount>/starface-backup/<job>/ under a partial name, fsync, rename,
+fsync of the folder (`copy_atomic`). What it adds: errors that mean the drive
+(read-only, unplugged or failing: `mountfail`), and, refused before writing,
 with code `diskFull` (the appliance's word for "this medium cannot take the
 archive", as EFBIG is for the local target): an archive larger than the free
 space, and on FAT (vfat) any archive of 4 GiB or more, which FAT cannot store.
@@ -40,13 +43,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 
 from .. import errors
 from ..errors import MissingLibrary, TargetError
-from .base import RemoteFile, Target, job_dir, partial_pattern
-from .local import copy_atomic
+from ..fsutil import format_size
+from .base import partial_pattern
+from .local import LocalTarget, copy_atomic
+from .local import os_error as local_os_error
 
 try:
     import pyudev
@@ -84,22 +88,13 @@ class UsbFilesystem:
 
     def describe(self) -> str:
         return "%s (label %s, uuid %s, %s, %s)" % (
-            self.node, self.label or "-", self.uuid or "-", self.fstype, human_size(self.size))
+            self.node, self.label or "-", self.uuid or "-", self.fstype, format_size(self.size))
 
 
 @dataclass
 class Mount:
     mountpoint: str
     writable: bool
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
-        value /= 1000
-    return "%d B" % size  # pragma: no cover
 
 
 def _udev_decode(value: str) -> str:
@@ -218,21 +213,20 @@ def _which(tool: str):
 
 
 def os_error(exc: OSError, where: str) -> TargetError:
-    """Map an OSError on a filesystem target to a result code."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return TargetError("%s: no space left (%s)" % (where, exc.strerror), errors.DISK_FULL)
+    """Map an OSError on the drive to a result code: the local target's mapping (local.os_error), except
+    for what means the drive itself (write-protected, unplugged, failing): mountfail."""
     if exc.errno == errno.EROFS:
         return TargetError("%s: the filesystem is read-only (write-protected, or mounted read-only)" % where,
                            errors.MOUNTFAIL)
     if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO):
         return TargetError("%s: I/O error (%s): the drive was unplugged or is failing" % (where, exc.strerror),
                            errors.MOUNTFAIL)
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return TargetError("%s: permission denied (%s)" % (where, exc.strerror), errors.FAILED)
-    return TargetError("%s: %s" % (where, exc), errors.FAILED)
+    return local_os_error(exc, where)
 
 
-class UsbTarget(Target):
+class UsbTarget(LocalTarget):
+    """A local target on the filesystem of a USB drive, found and mounted by connect(), unmounted by close()."""
+
     TYPE = "usb"
 
     def __init__(self, options: dict, ctx):
@@ -247,8 +241,17 @@ class UsbTarget(Target):
         return self.options.get("label") or self.options.get("uuid") or (self.fs.node if self.fs else "")
 
     @property
-    def folder(self) -> str:
-        return job_dir(self.mountpoint, self.ctx.job)
+    def base(self) -> str:
+        return self.mountpoint
+
+    def check_base(self) -> None:
+        """The drive's root: connect() found it mounted, or mounted it."""
+
+    def fs_error(self, exc: OSError, path: str) -> TargetError:
+        return os_error(exc, "%s: %s" % (self._where(), path))
+
+    def local_path(self, name: str):
+        return None  # the drive is unmounted after the run: nothing stays readable there
 
     def _where(self) -> str:
         where = self.fs.node if self.fs else "USB"
@@ -383,13 +386,7 @@ class UsbTarget(Target):
             self.unmount_problem = "unmounting %s from %s failed: %s" % (self._where(), directory, exc)
             self.log(self.unmount_problem)
 
-    # -- primitives ----------------------------------------------------------
-    def ensure_dir(self) -> None:
-        try:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise os_error(exc, "%s: %s" % (self._where(), self.folder)) from exc
-
+    # -- writing -------------------------------------------------------------
     def _free_bytes(self) -> int:
         stat = os.statvfs(self.folder)
         blocks = stat.f_bfree if os.geteuid() == 0 else stat.f_bavail
@@ -413,52 +410,8 @@ class UsbTarget(Target):
         if size > free:
             raise TargetError("%s: no space left for %s (%d bytes needed, %d free); prune old archives "
                               "(keep) or use a larger drive" % (where, name, size, free), errors.DISK_FULL)
+        # A copy, never local's link from staging: a drive is never the filesystem of staging.
         copy_atomic(src_path, self.folder, name, size, where=where, map_error=os_error)
-
-    def listdir(self) -> list:
-        try:
-            entries = list(os.scandir(self.folder))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise os_error(exc, self._where()) from exc
-        out = []
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False):
-                stat = entry.stat(follow_symlinks=False)
-                out.append(RemoteFile(entry.name, stat.st_size, stat.st_mtime))
-        return out
-
-    def remove(self, name: str) -> None:
-        try:
-            os.unlink(os.path.join(self.folder, name))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise os_error(exc, self._where()) from exc
-
-    def open_read(self, name: str):
-        try:
-            return open(os.path.join(self.folder, name), "rb")
-        except OSError as exc:
-            raise os_error(exc, self._where()) from exc
-
-    def probe_write(self) -> None:
-        probe_dir = self.folder
-        while not os.path.isdir(probe_dir) and probe_dir != self.mountpoint:
-            probe_dir = os.path.dirname(probe_dir)
-        probe = os.path.join(probe_dir, ".sar-backup-probe-%s" % uuid.uuid4().hex)
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(b"probe")
-        except OSError as exc:
-            raise os_error(exc, self._where()) from exc
-        finally:
-            try:
-                os.unlink(probe)
-            except OSError:
-                pass
 
 
 TARGET = UsbTarget
