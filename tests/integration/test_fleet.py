@@ -37,14 +37,16 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
 import time
 
 import pytest
 
 from harness import appliance as sample
 from harness.fleet import Fleet, fleet_profile, floor_python, wheelhouse_cache
-from harness.playbook import ROOT
+from harness.playbook import BIN, ROOT, ansible_env
 from harness.postgres import PostgresCluster
 
 APPLIANCES = 5
@@ -256,7 +258,6 @@ def test_units_tag_alone(env):
 
 def test_run_job_everywhere_each_appliance_its_own_archive(env):
     from ansible_collections.sar.backup.plugins.module_utils import archive
-    from ansible_collections.sar.backup.plugins.module_utils.targets.base import archive_pattern
 
     run, report, _seconds = job_run(env)
     fleet = env.fleet
@@ -268,7 +269,7 @@ def test_run_job_everywhere_each_appliance_its_own_archive(env):
     assert stats[dead]["unreachable"] >= 1 and stats[dead]["changed"] == 0, describe(run, report)
     assert not os.path.exists(os.path.join(fetch_to, dead))
 
-    pattern = archive_pattern(JOB)
+    pattern = archive.archive_pattern(JOB)
     names = set()
     for host in fleet.hosts:
         hostname = fleet.hostname_of(host)
@@ -348,9 +349,6 @@ def test_readme_adhoc_line_on_the_rolled_out_fleet(env):
     ANSIBLE_INVENTORY), against appliances where the role ran: the module runs under the system
     Python the inventory names (/usr/bin/python3, which lacks the engine's libraries), hands the work
     to the runtime the role installed, and returns the run's result; the dead host is unreachable."""
-    import shlex  # pylint: disable=import-outside-toplevel
-    import subprocess  # pylint: disable=import-outside-toplevel
-    from harness.playbook import BIN, ansible_env  # pylint: disable=import-outside-toplevel
 
     second_rollout(env)
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:

@@ -20,7 +20,8 @@ from ansible_collections.sar.backup.plugins.module_utils.errors import TargetErr
 from ansible_collections.sar.backup.plugins.module_utils.job import validate_job
 from ansible_collections.sar.backup.plugins.module_utils.store import Store, validate_settings
 from ansible_collections.sar.backup.plugins.module_utils.targets import local
-from ansible_collections.sar.backup.plugins.module_utils.targets.base import TargetContext, partial_name
+from ansible_collections.sar.backup.plugins.module_utils.targets.base import TargetContext
+from ansible_collections.sar.backup.plugins.module_utils.archive import partial_name
 
 NAME = "nightly_host_20260101T000000Z.sar"
 

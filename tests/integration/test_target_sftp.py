@@ -24,7 +24,8 @@ from ansible_collections.sar.backup.plugins.module_utils import errors, job
 from ansible_collections.sar.backup.plugins.module_utils.errors import MissingLibrary, TargetError
 from ansible_collections.sar.backup.plugins.module_utils.targets import sftp as sftp_mod
 from ansible_collections.sar.backup.plugins.module_utils.targets import target_class
-from ansible_collections.sar.backup.plugins.module_utils.targets.base import TargetContext, partial_name
+from ansible_collections.sar.backup.plugins.module_utils.targets.base import TargetContext
+from ansible_collections.sar.backup.plugins.module_utils.archive import partial_name
 from harness.sshd import SshServer, fingerprint, generate_key
 
 JOB = "nightly"

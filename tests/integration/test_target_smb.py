@@ -20,7 +20,8 @@ from ansible_collections.sar.backup.plugins.module_utils import errors
 from ansible_collections.sar.backup.plugins.module_utils.errors import TargetError
 from ansible_collections.sar.backup.plugins.module_utils.job import validate_target
 from ansible_collections.sar.backup.plugins.module_utils.targets import target_class
-from ansible_collections.sar.backup.plugins.module_utils.targets.base import ROOT_DIR, TargetContext, partial_name
+from ansible_collections.sar.backup.plugins.module_utils.targets.base import ROOT_DIR, TargetContext
+from ansible_collections.sar.backup.plugins.module_utils.archive import partial_name
 
 JOB = "nightly"
 HOST = "pbx1"

@@ -21,7 +21,8 @@ from ansible_collections.sar.backup.plugins.module_utils import errors
 from ansible_collections.sar.backup.plugins.module_utils.errors import MissingLibrary, TargetError
 from ansible_collections.sar.backup.plugins.module_utils.job import validate_target
 from ansible_collections.sar.backup.plugins.module_utils.targets import usb
-from ansible_collections.sar.backup.plugins.module_utils.targets.base import ROOT_DIR, TargetContext, partial_name
+from ansible_collections.sar.backup.plugins.module_utils.targets.base import ROOT_DIR, TargetContext
+from ansible_collections.sar.backup.plugins.module_utils.archive import partial_name
 
 UNAVAILABLE = usbdisk.unavailable()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason="loop-device USB drives unavailable: %s" % UNAVAILABLE)

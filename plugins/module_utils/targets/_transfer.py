@@ -35,7 +35,8 @@ import io
 
 from .. import errors
 from ..errors import TargetError
-from .base import Target, partial_name
+from ..archive import partial_name
+from .base import Target
 
 
 class Upload:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .. import errors, retention
 # The format's names, where every target takes them from.
-from ..archive import archive_pattern, partial_name, partial_pattern  # pylint: disable=unused-import
+from ..archive import archive_pattern, partial_pattern
 from ..errors import TargetError
 from ..fsutil import sha256_stream
 

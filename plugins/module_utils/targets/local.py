@@ -10,9 +10,10 @@ import os
 import uuid
 
 from .. import errors
+from ..archive import partial_name
 from ..errors import TargetError
 from ..fsutil import fsync_dir
-from .base import CHUNK, RemoteFile, Target, job_dir, partial_name
+from .base import CHUNK, RemoteFile, Target, job_dir
 
 
 def _publish(partial: str, dest_dir: str, name: str, where: str, map_error, fill) -> None:

@@ -46,9 +46,9 @@ import time
 from dataclasses import dataclass
 
 from .. import errors
+from ..archive import partial_pattern
 from ..errors import MissingLibrary, TargetError
 from ..fsutil import format_size
-from .base import partial_pattern
 from .local import LocalTarget, copy_atomic
 from .local import os_error as local_os_error
 
