@@ -72,6 +72,11 @@ GZIP_LEVEL = 6
 # jobs for level 3 cost ~45 MiB a thread) at the same ratio and speed (measured).
 ZSTD_MAX_THREADS = 4
 ZSTD_JOB_SIZE = 2 * 1024 * 1024
+# A tree compressed ahead of its turn (ArchiveWriter.spool_tree, while the database dumps run) waits
+# in files of at most SPOOL_PART bytes next to the archive, each removed once copied into it: staging
+# never holds more than one part twice.
+SPOOL_PART = 64 * 1024 * 1024
+AGE_FEED = 256 * 1024  # spooled bytes go to the age layer in pieces this size (its output is hashed as it comes)
 
 # ---- Limits: what any archive may cost a reader (docs/sar-format.md, "Limits"). Together they keep
 # verify and restore of any file, however crafted, under ~100 MB of memory. The writer refuses to
@@ -726,6 +731,12 @@ class _CountingWriter:
         self.size += size
         return size
 
+    def write_lent(self, view, give_back) -> None:
+        """write(view) without a copy: the hashing thread calls give_back() when it is done with it."""
+        self.hasher.update(self.sha, view, give_back)
+        self.raw.write(view)
+        self.size += len(view)
+
     def flush(self) -> None:
         self.raw.flush()
 
@@ -753,6 +764,86 @@ def _settle_symlinks(floor: str, candidates: list) -> set:
         keep = kept
 
 
+class _SpoolSink:
+    """The compressed bytes of a spooled tree: files `<prefix>.<n>` (0600) of at most SPOOL_PART bytes."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.parts: list = []
+        self._file = None
+        self._left = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        size, pos = len(view), 0
+        while pos < size:
+            if self._file is None or not self._left:
+                self._next_part()
+            step = min(self._left, size - pos)
+            self._file.write(view[pos:pos + step])
+            pos += step
+            self._left -= step
+        return size
+
+    def _next_part(self) -> None:
+        self.close()
+        path = "%s.%d" % (self.prefix, len(self.parts))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        self.parts.append(path)
+        self._file = os.fdopen(fd, "wb", buffering=COPY_CHUNK)
+        self._left = SPOOL_PART
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._file is not None:
+            handle, self._file = self._file, None
+            handle.close()
+
+    def remove(self) -> None:
+        """Close and delete every part; never raises."""
+        try:
+            self.close()
+        except OSError:
+            pass
+        for path in self.parts:
+            _unlink(path)
+        self.parts = []
+
+
+class _Switch:
+    """The compressor's sink, switchable: the archive's layers, or a tree's spool. One compressor
+    (one zstd context and its worker threads, their memory) serves the whole archive."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def write(self, data) -> int:
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
+class _Spooled:
+    """A tree compressed ahead of its turn: its parts, tar stream length, checksum slots, add_tree() result."""
+
+    def __init__(self, sink: _SpoolSink, tar_len: int, sums: list, result: dict):
+        self.sink, self.tar_len, self.sums, self.result = sink, tar_len, sums, result
+
+
+class _Cancelled(Exception):
+    """ArchiveWriter.cancel() was called while a tree was being spooled."""
+
+
 class ArchiveWriter:
     """Builds a .sar file at `path` (created 0600), streaming.
 
@@ -760,7 +851,14 @@ class ArchiveWriter:
     signer: None or a signing.Signer; the archive then ends with its signature member.
 
     The writer enforces the rules readers check (manifest first and valid, every member belonging
-    to one of its sources, the limits): what it builds, verify accepts."""
+    to one of its sources, the limits): what it builds, verify accepts.
+
+    Trees can be compressed before the manifest exists (while the database dumps run, whose sizes
+    the manifest needs): plan(manifest without the dumps' sizes), spool_tree() for each tree - on
+    another thread if wanted, one call at a time, cancel() stops it -, then add_manifest(the final
+    manifest) and, in the sources' order, add_file() for the dumps and add_spooled() for the trees.
+    A spooled tree goes into the archive as the compressed bytes it already is: the archive is then a
+    series of zstd frames (gzip members), which every zstd/gzip reader reads as one stream."""
 
     def __init__(self, path: str, compression: str = "zstd", encryption: dict | None = None, signer=None):
         if compression not in COMPRESSIONS:
@@ -784,6 +882,13 @@ class ArchiveWriter:
         self._trees: dict = {}  # tree member -> "open" | "closed" (its links member written)
         self._added: set = set()  # the sources' own members written
         self._hasher = None
+        self._manifest_added = False
+        self._broken = False
+        self._spooling = False
+        self._planned = None  # the manifest given to plan(): its trees may be spooled before add_manifest()
+        self._spooled: dict = {}  # tree member -> _Spooled
+        self._cancel = threading.Event()
+        self._frame_bytes = 0  # tar bytes written since the last frame (gzip member) began
         self._buffers = queue.Queue()
         for _index in range(HASH_BUFFERS):
             self._buffers.put(bytearray(COPY_CHUNK))
@@ -803,13 +908,10 @@ class ArchiveWriter:
                 self._age = agecrypt.AgeWriter(sink, recipients=encryption.get("recipients") or None,
                                                passphrase=encryption.get("passphrase") or None)
                 sink = self._age
-            if compression == "zstd":
-                threads = min(os.cpu_count() or 1, ZSTD_MAX_THREADS)
-                extra = {"threads": threads, "job_size": ZSTD_JOB_SIZE} if threads > 1 else {}
-                params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, write_checksum=1, **extra)
-                self._comp = zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, closefd=False)
-            else:
-                self._comp = gzip.GzipFile(filename="", fileobj=sink, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+            self._sink = sink
+            self._switch = _Switch(sink)
+            # gzip writes a member's header when it is made: made with the member's first data
+            self._comp = self._compressor(self._switch) if compression == "zstd" else None
         except BaseException:
             self.abort()
             raise
@@ -824,10 +926,34 @@ class ArchiveWriter:
         elif self._result is None:
             self.close()
 
+    def _compressor(self, sink):
+        """A compressing stream writer into `sink` (closing it does not close the sink)."""
+        if self.compression == "zstd":
+            threads = min(os.cpu_count() or 1, ZSTD_MAX_THREADS)
+            extra = {"threads": threads, "job_size": ZSTD_JOB_SIZE} if threads > 1 else {}
+            params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, write_checksum=1, **extra)
+            return zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, closefd=False)
+        return gzip.GzipFile(filename="", fileobj=sink, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+
     # low level tar stream
     def _write(self, data) -> None:
+        if self._comp is None:  # a gzip member ended: the next one (its header) starts with its data
+            self._comp = self._compressor(self._switch)
         self._comp.write(data)
-        self._tar_pos += len(data)
+        size = len(data)
+        self._tar_pos += size
+        self._frame_bytes += size
+
+    def _end_frame(self) -> None:
+        """End the current zstd frame (gzip member), so compressed bytes can follow it as they are."""
+        if not self._frame_bytes:
+            return
+        if self.compression == "zstd":
+            self._comp.flush(zstandard.FLUSH_FRAME)
+        else:
+            self._comp.close()  # the member's trailer; the sink stays open
+            self._comp = None
+        self._frame_bytes = 0
 
     def _pad(self, size: int) -> None:
         rest = -size % _BLOCK
@@ -837,8 +963,10 @@ class ArchiveWriter:
     def _header(self, info: tarfile.TarInfo, internal: bool = False) -> None:
         if self._result is not None:
             raise ValueError("archive already closed")
+        if self._broken:
+            raise ValueError("a tree failed while it was spooled: the archive cannot be completed")
         if not internal:
-            if not self._members:
+            if not (self._manifest_added or self._spooling):
                 raise ValueError("add_manifest() must come first")
             if info.name in _RESERVED:
                 raise ValueError("%s is reserved for the archive itself" % info.name)
@@ -925,10 +1053,8 @@ class ArchiveWriter:
         return slot
 
     # public API
-    def add_manifest(self, manifest: dict) -> None:
-        """The first member. The manifest must pass validate_manifest() (ValueError naming the field)."""
-        if self._members:
-            raise ValueError("manifest.json must be the first member")
+    @staticmethod
+    def _checked(manifest: dict) -> bytes:
         try:
             validate_manifest(manifest)
         except ArchiveError as exc:
@@ -936,8 +1062,32 @@ class ArchiveWriter:
         data = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
         if len(data) > MAX_MANIFEST:
             raise ValueError("manifest.json would have %d bytes, more than the %d readers accept" % (len(data), MAX_MANIFEST))
+        return data
+
+    def plan(self, manifest: dict) -> None:
+        """The manifest as known before the dumps ran (their sizes null): trees may be spooled."""
+        if self._manifest_added or self._planned is not None:
+            raise ValueError("plan() must come first, once")
+        self._checked(manifest)
+        self._planned = copy.deepcopy(manifest["sources"])
         self._layout = _Layout(manifest)
         self._source_bytes = [0] * len(self._layout.sources)
+
+    def add_manifest(self, manifest: dict) -> None:
+        """The first member. The manifest must pass validate_manifest() (ValueError naming the field);
+        after plan(), its sources must be the planned ones (the dumps' size, files and rows may differ)."""
+        if self._manifest_added:
+            raise ValueError("manifest.json must be the first member")
+        data = self._checked(manifest)
+        if self._planned is not None:
+            final = manifest["sources"]
+            if len(final) != len(self._planned) or any(
+                    _plan_key(planned) != _plan_key(src) for planned, src in zip(self._planned, final)):
+                raise ValueError("the manifest's sources differ from the planned ones")
+        else:
+            self._source_bytes = [0] * len(manifest["sources"])
+        self._layout = _Layout(manifest)
+        self._manifest_added = True
         self._add_data(MANIFEST, data, 0o644, internal=True)
 
     def add_bytes(self, arcname: str, data: bytes, mode: int = 0o600) -> None:
@@ -965,6 +1115,8 @@ class ArchiveWriter:
         remaining = size
         free = self._buffers
         while remaining:
+            if self._cancel.is_set():
+                raise _Cancelled()
             # A buffer goes back to `free` once hashed; the compressor has consumed it when _write returns.
             buf = free.get()
             view = memoryview(buf)[:min(COPY_CHUNK, remaining)]
@@ -1068,13 +1220,87 @@ class ArchiveWriter:
             self._add_data(arcprefix + LINKS_SUFFIX, data, 0o644)
         return result
 
+    def spool_tree(self, arcprefix: str, root: str, progress=None) -> dict:
+        """add_tree() ahead of its turn, into spool files next to the archive (after plan(), before
+        add_manifest()); add_spooled() puts it in its place. Returns add_tree()'s result."""
+        if self._planned is None or self._manifest_added:
+            raise ValueError("spool_tree() comes after plan() and before add_manifest()")
+        if arcprefix in self._spooled:
+            raise ValueError("member %s added twice" % arcprefix)
+        if self._layout.role(arcprefix)[0] != "tree":
+            raise ValueError("member %r belongs to no source of the manifest" % arcprefix)
+        sink = _SpoolSink("%s.spool-%d" % (self.path, len(self._spooled)))
+        self._end_frame()
+        saved = self._tar_pos, self._sums
+        self._tar_pos, self._sums = 0, []
+        self._switch.target = sink
+        self._spooling = True
+        try:
+            try:
+                result = self.add_tree(arcprefix, root, progress=progress)
+                self._end_frame()
+                sink.close()
+            except _Cancelled:
+                raise SourceError("archiving %s was stopped" % root) from None
+            self._spooled[arcprefix] = _Spooled(sink, self._tar_pos, self._sums, result)
+        except BaseException:
+            sink.remove()
+            self._broken = True  # the compressor may hold part of the tree: nothing more can be written
+            raise
+        finally:
+            self._spooling = False
+            self._switch.target = self._sink
+            self._tar_pos, self._sums = saved
+        return result
+
+    def cancel(self) -> None:
+        """Make a spool_tree() running on another thread stop soon (SourceError there)."""
+        self._cancel.set()
+
+    def add_spooled(self, arcprefix: str) -> dict:
+        """Put the tree spooled as `arcprefix` here, in its compressed form; returns add_tree()'s result."""
+        spooled = self._spooled.get(arcprefix)
+        if spooled is None or not self._manifest_added or self._result is not None:
+            raise ValueError("%s was not spooled, or add_manifest() has not come yet" % arcprefix)
+        self._end_frame()
+        free = self._buffers
+        for part in list(spooled.sink.parts):
+            with open(part, "rb", buffering=0) as handle:
+                while True:
+                    buf = free.get()
+                    view = memoryview(buf)
+                    if self._age is not None:
+                        view = view[:AGE_FEED]
+                    try:
+                        got = handle.readinto(view)
+                    except BaseException:
+                        free.put(buf)
+                        raise
+                    if not got:
+                        free.put(buf)
+                        break
+                    if self._age is None:
+                        # Straight to the file: the buffer comes back once the hashing thread is done with it.
+                        self._counter.write_lent(view[:got], lambda b=buf: free.put(b))
+                    else:
+                        self._age.write(view[:got])  # encrypted into age's own buffer
+                        free.put(buf)
+            _unlink(part)
+        spooled.sink.parts = []
+        self._tar_pos += spooled.tar_len
+        self._sums.extend(spooled.sums)
+        del self._spooled[arcprefix]
+        return spooled.result
+
     def close(self) -> dict:
         """Write checksums.sha256 (and the signature), finish every layer, fsync; returns {path, size, sha256}."""
         if self._result is not None:
             return self._result
         try:
-            if not self._members:
+            if not self._manifest_added:
                 raise ValueError("add_manifest() must come first")
+            if self._spooled:
+                raise ValueError("spooled tree %s was never added" % sorted(self._spooled)[0])
             missing = [m for m in self._layout.index if m not in self._added]
             if missing:
                 raise ValueError("the manifest lists source member %s, which was never added" % missing[0])
@@ -1113,8 +1339,18 @@ class ArchiveWriter:
                     pass
         if self._hasher is not None:
             self._hasher.stop()
+        for spooled in self._spooled.values():
+            spooled.sink.remove()
+        self._spooled = {}
         _unlink(self.path)
         self._result = {"aborted": True}
+
+
+def _plan_key(source: dict) -> dict:
+    """What plan() fixes of a source: all of a tree; a dump's place, not its size (known after it)."""
+    if source.get("kind") == KIND_DB:
+        return {k: v for k, v in source.items() if k not in ("size", "files", "rows")}
+    return source
 
 
 def _unlink(path: str) -> None:

@@ -13,11 +13,12 @@ import datetime
 import os
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import errors, hooks, ping, report, schedule, signing, sources
-from .archive import ArchiveWriter, archive_name, archive_pattern, new_manifest, partial_name
+from .archive import SPOOL_PART, ArchiveWriter, archive_name, archive_pattern, new_manifest, partial_name
 from .errors import LockBusy, MissingLibrary, SarError, SourceError, TargetError
 from .fsutil import clean_staging, short_hostname
 from .lock import MaintenanceLock, acquire_scheduled
@@ -232,7 +233,7 @@ class Run:
         try:
             plan = sources.plan(job["data"], profile)
             sources.check(plan, profile)
-            estimate = sources.estimate(plan, profile)
+            estimate = sources.estimate(plan, profile, spool_part=SPOOL_PART)
             staging = self.staging_root()
             self.clean_stale_staging(staging)
             free = shutil.disk_usage(staging).free
@@ -250,10 +251,7 @@ class Run:
         path = os.path.join(workdir, name)
         try:
             try:
-                self.log("dumping database and measuring file trees")
-                sources.prepare(plan, profile, workdir, log=self.log_func)
-                self.log("building %s" % name)
-                info = self.build(path, plan)
+                info = self.build(path, plan, workdir)
             except SarError as exc:
                 return self.fail(exc)
             except OSError as exc:
@@ -307,27 +305,57 @@ class Run:
         except OSError as exc:
             raise SarError("cannot create the signing key in %s: %s" % (self.store.config_dir, exc.strerror or exc))
 
-    def build(self, path: str, plan) -> dict:
+    def build(self, path: str, plan, workdir: str) -> dict:
+        """Dump the databases into `workdir` and build the archive at `path`.
+
+        The file trees are compressed while the dumps run (ArchiveWriter.spool_tree, on a thread of
+        its own): the manifest comes first in the archive and needs the dumps' sizes, but the trees
+        need no dump. Once the dumps are done, the archive is written in the sources' order, each
+        spooled tree copied in as the compressed bytes it already is."""
         # Built under a partial name, renamed when complete: a killed run never
         # leaves a truncated file under a .sar name, not even in staging.
         building = os.path.join(os.path.dirname(path), partial_name(os.path.basename(path)))
+        profile = self.settings["profile"]
         signer = self.signer()
-        writer = ArchiveWriter(building, compression=self.job["compression"], encryption=self.job.get("encryption"),
-                               signer=signer)
+        dumps = [src for src in plan if src.kind == sources.KIND_DB]
+        trees = [src for src in plan if src.kind != sources.KIND_DB]
+        self.log("dumping database and measuring file trees")
+        sources.measure_trees(plan)
         tick = None
+        # bytes archived, of how many (the trees' now, the dumps' once they are done)
+        done, total = [0], [sum(src.size or 0 for src in trees)]
         if self.progress:
-            total = sum(src.size or 0 for src in plan)
-            done = [0]
+            ticking = threading.Lock()
 
             def tick(increment):
-                done[0] += increment
-                self.progress("archive", done[0], total)
+                with ticking:
+                    done[0] += increment
+                    self.progress("archive", done[0], total[0])
+        writer = ArchiveWriter(building, compression=self.job["compression"], encryption=self.job.get("encryption"),
+                               signer=signer)
         try:
+            if dumps and trees:
+                writer.plan(self.manifest(plan))
+                spool = _Spool(writer, trees, tick)
+                try:
+                    sources.prepare(plan, profile, workdir, log=self.log_func, measure=False)
+                except BaseException:
+                    writer.cancel()
+                    spool.join()
+                    raise
+                spool.join()
+                spool.check()
+            else:
+                sources.prepare(plan, profile, workdir, log=self.log_func, measure=False)
+            total[0] += sum(src.size or 0 for src in dumps)
+            self.log("building %s" % os.path.basename(path))
             writer.add_manifest(self.manifest(plan))
             for src in plan:
-                if src.kind == "postgresql":
+                if src.kind == sources.KIND_DB:
                     writer.add_file(src.member, src.local_path, progress=tick)
                     os.unlink(src.local_path)  # free staging space early
+                elif dumps:
+                    writer.add_spooled(src.member)
                 else:
                     writer.add_tree(src.member, src.origin, progress=tick)
             info = dict(writer.close())
@@ -385,7 +413,7 @@ class Run:
         try:
             plan = sources.plan(job["data"], profile)
             sources.check(plan, profile)
-            estimate = sources.estimate(plan, profile)
+            estimate = sources.estimate(plan, profile, spool_part=SPOOL_PART)
         except SourceError as exc:
             return self.result(exc.code, targets=self.all_failed(exc.code, str(exc)), error=str(exc),
                                lock_free=lock_free)
@@ -418,6 +446,31 @@ class Run:
                            estimated_size=estimate, lock_free=lock_free,
                            error="; ".join("target %d: %s" % (t["index"], t["error"]) for t in failed) or None,
                            sources=self.source_report(plan))
+
+
+class _Spool:
+    """The file trees of a run compressed on a thread of their own (ArchiveWriter.spool_tree) while
+    the database dumps run; join() waits, check() raises what stopped it."""
+
+    def __init__(self, writer: ArchiveWriter, trees: list, tick):
+        self.writer, self.trees, self.tick = writer, trees, tick
+        self.error = None
+        self.thread = threading.Thread(target=self._work, name="sar-spool", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        try:
+            for src in self.trees:
+                self.writer.spool_tree(src.member, src.origin, progress=self.tick)
+        except BaseException as exc:  # pylint: disable=broad-except  # raised on the run's thread by check()
+            self.error = exc
+
+    def join(self) -> None:
+        self.thread.join()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def run_job(job: dict, store, **kwargs) -> dict:

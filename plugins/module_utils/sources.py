@@ -422,15 +422,23 @@ def database_size(source: Source, profile: dict) -> int:
         raise SourceError("%s: unexpected answer from PostgreSQL while sizing the dump: %r" % (source.category, out[:1]))
 
 
-def estimate(sources: list, profile: dict) -> int:
-    """Bytes the archive's contents may take in staging (an upper bound)."""
-    total = 0
+def estimate(sources: list, profile: dict, spool_part: int = 0) -> int:
+    """Bytes the archive's contents may take in staging (an upper bound). `spool_part`: with
+    database sources, trees are compressed into parts of that size while the dumps run, and one part
+    is in staging twice while it is copied into the archive."""
+    total = largest_tree = 0
+    has_db = False
     for src in sources:
         if src.kind == KIND_DB:
+            has_db = True
             total += database_size(src, profile) + _TAR_OVERHEAD
         else:
             size, files, dirs = measure_tree(src.origin, src.category)
-            total += size + (files + dirs + 1) * _TAR_OVERHEAD
+            tree = size + (files + dirs + 1) * _TAR_OVERHEAD
+            total += tree
+            largest_tree = max(largest_tree, tree)
+    if has_db:
+        total += min(spool_part, largest_tree)
     return total
 
 
@@ -715,8 +723,16 @@ def restore_dumps(dumps: list, profile: dict, workdir: str, log=None) -> None:
 MAX_PARALLEL_DUMPS = 3
 
 
-def prepare(sources: list, profile: dict, staging_dir: str, log=None) -> None:
-    """Dump every database source into staging_dir and measure every tree.
+def measure_trees(sources: list) -> None:
+    """Measure every tree source (size, files): what the manifest declares and the reader's caps follow."""
+    for src in sources:
+        if src.kind != KIND_DB:
+            src.size, src.files, _dirs = measure_tree(src.origin, src.category)
+
+
+def prepare(sources: list, profile: dict, staging_dir: str, log=None, measure: bool = True) -> None:
+    """Dump every database source into staging_dir and measure every tree (unless `measure` is false:
+    measure_trees() did already).
 
     The dumps of different categories run at the same time (a pg_dump each). A dump that fails
     leaves no file (dump() removes it); the others are waited for, then the first failure, in the
@@ -745,5 +761,5 @@ def prepare(sources: list, profile: dict, staging_dir: str, log=None) -> None:
                 raise failures[id(src)]
             if len(dbs) == 1:
                 one(src)
-        else:
+        elif measure:
             src.size, src.files, _dirs = measure_tree(src.origin, src.category)

@@ -33,7 +33,7 @@ from harness.playbook import collections_path
 from harness.postgres import PostgresCluster
 from harness.smtp import SmtpServer
 
-from ansible_collections.sar.backup.plugins.module_utils import cli
+from ansible_collections.sar.backup.plugins.module_utils import archive, cli
 from ansible_collections.sar.backup.plugins.module_utils.errors import LockBusy
 from ansible_collections.sar.backup.plugins.module_utils.job import validate_job
 from ansible_collections.sar.backup.plugins.module_utils.lock import MaintenanceLock
@@ -239,10 +239,11 @@ def bloated_host(tmp_path, cluster, tree_size: int) -> Host:
     return host
 
 
-@pytest.mark.parametrize("size, tree_size, where", [("10m", 6 * MB, "archive"), ("3m", 0, "dump")])
+@pytest.mark.parametrize("size, tree_size, where", [("13m", 6 * MB, "archive"), ("3m", 0, "dump")])
 def test_staging_fills_during_the_build(tmp_path, tmpfs, bloated_db, size, tree_size, where):
-    """Both pass the pre-check (min_free_space 0). 10m: the estimate is ~6.5 MB, the
-    8 MB dump fits (2.4 MB left), the archive of the 6 MiB tree next to it does not.
+    """Both pass the pre-check (min_free_space 0). 13m: the estimate is ~12.9 MB (the 6 MiB tree,
+    ~0.2 MB for the dump, and the tree again: the one spool part that exists twice while it is
+    copied into the archive); the 8 MB dump and the 6 MiB tree compressed beside it do not fit.
     3m: the estimate is ~0.2 MB, the 8 MB dump itself does not fit."""
     host = bloated_host(tmp_path, bloated_db, tree_size)
     staging_fs = tmpfs("staging-fs", size)
@@ -361,7 +362,7 @@ if os.environ.get("SAR_TEST_NO_LINK"):
         raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
 
     os.link = no_link
-from ansible_collections.sar.backup.plugins.module_utils import cli
+from ansible_collections.sar.backup.plugins.module_utils import archive, cli
 sys.exit(cli.main(sys.argv[1:]))
 '''
 
@@ -448,6 +449,44 @@ def test_killed_while_building(tmp_path):
         assert sha256(os.path.join(host.folder(), status["archive"]["name"])) == status["archive"]["sha256"]
     finally:
         smtp.stop()
+
+
+def test_killed_while_trees_are_compressed_beside_the_dumps(tmp_path):
+    """The trees are compressed into spool parts while pg_dump runs (runner._Spool): killed there,
+    staging holds parts and maybe dumps, nothing that looks like an archive; the next run removes
+    them and makes a good one."""
+    cluster = PostgresCluster().start()
+    try:
+        sample.build_database(cluster)
+        profile = sample.make_profile(os.path.join(str(tmp_path), "appliance"), cluster)
+        host = Host(tmp_path, profile=profile)
+        host.save_job(data=["core", "cdr_voicemail", "announcements"])
+        bulk_data(host)
+        random_file(os.path.join(host.announcements, "zz-last.wav"), 1000)
+        proc, _marker, _log = start_paused_run(host, open="zz-last.wav")
+
+        workdirs = [d for d in os.listdir(host.staging()) if d.startswith(".%s-" % JOB)]
+        assert len(workdirs) == 1
+        workdir = os.path.join(host.staging(), workdirs[0])
+        parts = [n for n in os.listdir(workdir) if ".sar.partial.spool-" in n]
+        assert parts, os.listdir(workdir)  # the announcements' 24 MiB, compressed, waiting
+        assert sum(os.path.getsize(os.path.join(workdir, n)) for n in parts) > 8 * MB
+        assert_lock_held_then_free(host, proc)
+
+        everything = every_file(host.staging()) + every_file(host.settings["archive_dir"])
+        assert not [f for f in everything if f.endswith(".sar")], everything
+        assert host.archives() == [] and host.status() is None
+
+        assert host.run() == 0
+        assert not os.path.exists(workdir) and os.listdir(host.staging()) == []
+        status = host.status()
+        assert status["code"] == "successful"
+        path = os.path.join(host.folder(), status["archive"]["name"])
+        assert sha256(path) == status["archive"]["sha256"]
+        manifest = archive.verify(path)["manifest"]
+        assert [s["member"] for s in manifest["sources"]][:2] == ["db/core.pgdump", "files/core/0"]
+    finally:
+        cluster.stop()
 
 
 @pytest.mark.parametrize("point", ["mid-copy", "before-rename"])

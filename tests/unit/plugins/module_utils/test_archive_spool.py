@@ -1,0 +1,276 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Trees compressed ahead of their turn (ArchiveWriter.plan/spool_tree/add_spooled): what the runner
+does while the database dumps run. The archive must be the one a plain build makes, member for
+member, readable by verify() and by the standard tools, and nothing of the spool may outlive it."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+import threading
+
+import pytest
+import zstandard
+
+from ansible_collections.sar.backup.plugins.module_utils import agecrypt, archive
+from ansible_collections.sar.backup.plugins.module_utils.errors import SourceError
+
+MTIME = 1700000000
+
+
+def _manifest(dump_size, compression="zstd", encrypted=False):
+    sources = [
+        {"category": "core", "kind": "postgresql", "origin": "postgresql://sar@/run/postgresql:5432/pbx?exclude_tables=cdr",
+         "member": "db/core.pgdump", "size": dump_size, "files": 1 if dump_size is not None else None},
+        {"category": "core", "kind": "files", "origin": "/etc/asterisk", "member": "files/core/0", "size": 4 << 20, "files": 4},
+        {"category": "cdr_voicemail", "kind": "postgresql", "origin": "postgresql://sar@/run/postgresql:5432/pbx?tables=cdr",
+         "member": "db/cdr_voicemail.pgdump", "size": dump_size, "files": 1 if dump_size is not None else None},
+        {"category": "cdr_voicemail", "kind": "files", "origin": "/var/spool/asterisk/voicemail",
+         "member": "files/cdr_voicemail/0", "size": 4 << 20, "files": 4},
+    ]
+    return {"format": 2, "job": "nightly", "host": "pbx", "created": "2024-05-01T02:00:00+00:00",
+            "categories": ["core", "cdr_voicemail"], "sources": sources, "compression": compression,
+            "encrypted": encrypted, "encryption": "recipients" if encrypted else None, "tool": "sar-backup test"}
+
+
+@pytest.fixture(autouse=True)
+def fast_scrypt(monkeypatch):
+    monkeypatch.setattr(agecrypt, "SCRYPT_LOG_N", 10)
+
+
+@pytest.fixture
+def appliance(tmp_path):
+    """Two trees (one with a symlink out of it: a links member) and two dumps."""
+    trees = []
+    for index, name in enumerate(("etc", "spool")):
+        root = tmp_path / name
+        (root / "sub").mkdir(parents=True)
+        (root / "a.txt").write_bytes(b"hello %d\n" % index)
+        (root / "sub" / "big.wav").write_bytes(os.urandom(3 * 1024 * 1024 + 17 * index))
+        (root / "sub" / "small.wav").write_bytes(b"RIFF" * 3000)
+        (root / "moh").symlink_to("/usr/share/asterisk/moh")
+        for path in (root, root / "a.txt", root / "sub", root / "sub" / "big.wav"):
+            os.utime(str(path), (MTIME, MTIME))
+        trees.append(str(root))
+    dumps = []
+    for name in ("core", "cdr"):
+        path = tmp_path / ("%s.pgdump" % name)
+        path.write_bytes(b"PGDMP" + os.urandom(200000))
+        os.utime(str(path), (MTIME, MTIME))
+        dumps.append(str(path))
+    return trees, dumps
+
+
+def _plain(path, appliance, compression, encryption=None):
+    trees, dumps = appliance
+    manifest = _manifest(os.path.getsize(dumps[0]), compression, bool(encryption))
+    with archive.ArchiveWriter(str(path), compression=compression, encryption=encryption) as writer:
+        writer.add_manifest(manifest)
+        writer.add_file("db/core.pgdump", dumps[0])
+        writer.add_tree("files/core/0", trees[0])
+        writer.add_file("db/cdr_voicemail.pgdump", dumps[1])
+        writer.add_tree("files/cdr_voicemail/0", trees[1])
+        return writer.close()
+
+
+def _spooled(path, appliance, compression, encryption=None, on_thread=True):
+    trees, dumps = appliance
+    writer = archive.ArchiveWriter(str(path), compression=compression, encryption=encryption)
+    writer.plan(_manifest(None, compression, bool(encryption)))
+
+    def spool():
+        writer.spool_tree("files/core/0", trees[0])
+        writer.spool_tree("files/cdr_voicemail/0", trees[1])
+    if on_thread:  # as the runner does: beside the dumps
+        thread = threading.Thread(target=spool)
+        thread.start()
+        thread.join()
+    else:
+        spool()
+    writer.add_manifest(_manifest(os.path.getsize(dumps[0]), compression, bool(encryption)))
+    writer.add_file("db/core.pgdump", dumps[0])
+    writer.add_spooled("files/core/0")
+    writer.add_file("db/cdr_voicemail.pgdump", dumps[1])
+    writer.add_spooled("files/cdr_voicemail/0")
+    return writer.close()
+
+
+def _tar_stream(path, identity=None) -> bytes:
+    raw = open(str(path), "rb").read()
+    if agecrypt.is_age(raw):
+        raw = agecrypt.AgeReader(io.BytesIO(raw), identities=[identity]).read()
+    if raw[:4] == archive.ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True).read()
+    return gzip.decompress(raw)
+
+
+def _members(tar_data: bytes) -> list:
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(tar_data), mode="r:") as tar:
+        for info in tar:
+            data = tar.extractfile(info).read() if info.isreg() else b""
+            out.append((info.name, info.type, info.size, info.mode, info.linkname,
+                        None if info.name in ("manifest.json", "checksums.sha256") or info.name.endswith(".links.json") else info.mtime,
+                        hashlib.sha256(data).hexdigest()))
+    return out
+
+
+def _leftovers(folder) -> list:
+    return sorted(name for name in os.listdir(str(folder)) if ".spool-" in name)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_spooled_build_is_the_plain_archive(tmp_path, appliance, compression, encrypted, monkeypatch):
+    """The same tar stream as a plain build, in several frames (gzip members); verify() accepts it."""
+    monkeypatch.setattr(archive, "SPOOL_PART", 1 << 20)  # several parts per tree
+    identity, recipient = agecrypt.generate_identity()
+    encryption = {"passphrase": None, "recipients": [recipient]} if encrypted else None
+    out = tmp_path / "out"
+    out.mkdir()
+    plain, spooled = out / "plain.sar", out / "spooled.sar"
+    _plain(plain, appliance, compression, encryption)
+    info = _spooled(spooled, appliance, compression, encryption)
+    assert _leftovers(out) == []
+    assert info["size"] == os.path.getsize(str(spooled))
+    a, b = _tar_stream(plain, identity), _tar_stream(spooled, identity)
+    # member for member the same (the generated members' mtimes aside: when they were written)
+    assert _members(a) == _members(b)
+    assert len(a) == len(b)
+    assert archive.verify(str(spooled), identities=[identity])["manifest"] == \
+        archive.verify(str(plain), identities=[identity])["manifest"]
+    listed = [m[0] for m in _members(b)]
+    assert listed[:2] == ["manifest.json", "db/core.pgdump"] and listed[-1] == "checksums.sha256"
+    assert listed.index("files/core/0") < listed.index("db/cdr_voicemail.pgdump") < listed.index("files/cdr_voicemail/0")
+    assert "files/core/0.links.json" in listed
+    if not encrypted:
+        raw = open(str(spooled), "rb").read()
+        magic = archive.ZSTD_MAGIC if compression == "zstd" else archive.GZIP_MAGIC
+        assert raw.count(magic) >= 3  # the trees' frames (members) between the others
+
+
+@pytest.mark.parametrize("compression, tool", [("zstd", "zstd -dc"), ("gzip", "gzip -dc")])
+def test_spooled_archive_opens_with_the_standard_tools(tmp_path, appliance, compression, tool):
+    sar = tmp_path / "x.sar"
+    _spooled(sar, appliance, compression, on_thread=False)
+    out = tmp_path / "std"
+    out.mkdir()
+    subprocess.run("%s %s | tar -x -C %s" % (tool, sar, out), shell=True, check=True)
+    res = subprocess.run(["sha256sum", "--strict", "-c", "checksums.sha256"], cwd=str(out), capture_output=True,
+                         check=False)
+    assert res.returncode == 0 and res.stdout.count(b": OK") == 11, res.stdout + res.stderr
+    assert open(str(out / "files/cdr_voicemail/0/sub/big.wav"), "rb").read() == \
+        open(os.path.join(appliance[0][1], "sub", "big.wav"), "rb").read()
+
+
+def test_final_manifest_must_keep_the_planned_sources(tmp_path, appliance):
+    trees, _dumps = appliance
+    writer = archive.ArchiveWriter(str(tmp_path / "x.sar"))
+    writer.plan(_manifest(None))
+    writer.spool_tree("files/core/0", trees[0])
+    changed = _manifest(1000)
+    changed["sources"][1]["size"] = 1  # a tree's declared size (its cap) is fixed by the plan
+    with pytest.raises(ValueError, match="differ from the planned"):
+        writer.add_manifest(changed)
+    missing = _manifest(1000)
+    del missing["sources"][3]
+    with pytest.raises(ValueError, match="differ from the planned"):
+        writer.add_manifest(missing)
+    writer.abort()
+    assert _leftovers(tmp_path) == [] and not os.path.exists(str(tmp_path / "x.sar"))
+
+
+def test_spool_rules(tmp_path, appliance):
+    trees, dumps = appliance
+    writer = archive.ArchiveWriter(str(tmp_path / "x.sar"))
+    with pytest.raises(ValueError, match="after plan"):
+        writer.spool_tree("files/core/0", trees[0])
+    writer.plan(_manifest(None))
+    with pytest.raises(ValueError, match="once"):
+        writer.plan(_manifest(None))
+    with pytest.raises(ValueError, match="add_manifest"):
+        writer.add_file("db/core.pgdump", dumps[0])  # no member before the manifest, spooled trees aside
+    writer.spool_tree("files/core/0", trees[0])
+    with pytest.raises(ValueError, match="twice"):
+        writer.spool_tree("files/core/0", trees[0])
+    with pytest.raises(ValueError, match="belongs to no source"):
+        writer.spool_tree("files/announcements/0", trees[1])
+    writer.add_manifest(_manifest(os.path.getsize(dumps[0])))
+    with pytest.raises(ValueError, match="after plan"):
+        writer.spool_tree("files/cdr_voicemail/0", trees[1])
+    writer.add_file("db/core.pgdump", dumps[0])
+    writer.add_spooled("files/core/0")
+    with pytest.raises(ValueError, match="was not spooled"):
+        writer.add_spooled("files/core/0")
+    writer.add_file("db/cdr_voicemail.pgdump", dumps[1])
+    writer.add_tree("files/cdr_voicemail/0", trees[1])  # a tree need not be spooled
+    writer.close()
+    assert archive.verify(str(tmp_path / "x.sar"))["manifest"]["sources"][0]["size"] == os.path.getsize(dumps[0])
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_spooled_tree_never_added_fails_the_archive(tmp_path, appliance):
+    trees, dumps = appliance
+    writer = archive.ArchiveWriter(str(tmp_path / "x.sar"))
+    writer.plan(_manifest(None))
+    writer.spool_tree("files/core/0", trees[0])
+    writer.spool_tree("files/cdr_voicemail/0", trees[1])
+    writer.add_manifest(_manifest(os.path.getsize(dumps[0])))
+    writer.add_file("db/core.pgdump", dumps[0])
+    writer.add_spooled("files/core/0")
+    writer.add_file("db/cdr_voicemail.pgdump", dumps[1])
+    with pytest.raises(ValueError, match="never added"):
+        writer.close()
+    assert os.listdir(str(tmp_path)) != [] and _leftovers(tmp_path) == []
+    assert not os.path.exists(str(tmp_path / "x.sar"))
+
+
+def test_cancel_stops_a_spool_and_abort_leaves_nothing(tmp_path, appliance, monkeypatch):
+    """The dumps failed: the run cancels the spooling thread; the tree stops at its next read."""
+    monkeypatch.setattr(archive, "SPOOL_PART", 1 << 20)
+    trees, _dumps = appliance
+    writer = archive.ArchiveWriter(str(tmp_path / "x.sar"))
+    writer.plan(_manifest(None))
+    writer.spool_tree("files/core/0", trees[0])
+    assert len(_leftovers(tmp_path)) >= 3  # 3 MiB of random data in parts of 1 MiB
+    writer.cancel()
+    with pytest.raises(SourceError, match="was stopped"):
+        writer.spool_tree("files/cdr_voicemail/0", trees[1])
+    with pytest.raises(ValueError, match="cannot be completed"):
+        writer.add_manifest(_manifest(1000))
+    writer.abort()
+    assert _leftovers(tmp_path) == [] and not os.path.exists(str(tmp_path / "x.sar"))
+
+
+def test_a_tree_replaced_by_a_file_fails_while_spooled(tmp_path, appliance):
+    """The tree's root is no directory when its turn comes: the error, and no part left behind."""
+    trees, _dumps = appliance
+    writer = archive.ArchiveWriter(str(tmp_path / "x.sar"))
+    writer.plan(_manifest(None))
+    writer.spool_tree("files/core/0", trees[0])
+    gone = trees[1] + ".gone"
+    os.rename(trees[1], gone)
+    open(trees[1], "w").close()
+    with pytest.raises(SourceError, match="not a directory"):
+        writer.spool_tree("files/cdr_voicemail/0", trees[1])
+    writer.abort()
+    assert _leftovers(tmp_path) == [] and not os.path.exists(str(tmp_path / "x.sar"))
+
+
+def test_the_plan_is_a_copy(tmp_path, appliance):
+    """Changing the dict given to plan() afterwards changes nothing the writer checks."""
+    trees, dumps = appliance
+    planned = _manifest(None)
+    writer = archive.ArchiveWriter(str(tmp_path / "x.sar"))
+    writer.plan(planned)
+    final = copy.deepcopy(planned)
+    planned["sources"][1]["origin"] = "/elsewhere"
+    writer.spool_tree("files/core/0", trees[0])
+    final["sources"][0]["size"] = final["sources"][2]["size"] = os.path.getsize(dumps[0])
+    writer.add_manifest(final)
+    writer.abort()
