@@ -14,6 +14,8 @@ in docs/sar-format.md) before acting on it, and refuses anything else with Archi
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import copy
 import datetime
@@ -28,6 +30,7 @@ import pwd
 import queue
 import re
 import stat
+import struct
 import sys
 import tarfile
 import threading
@@ -67,6 +70,11 @@ HASH_BUFFERS = 4
 HASH_QUEUE = 32
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
+# gzip is compressed in blocks of GZIP_BLOCK bytes on up to GZIP_MAX_THREADS threads (as pigz does:
+# each block primed with the 32 KiB before it, ended on a byte boundary, so the blocks make one
+# deflate stream and one gzip member); at most 2 blocks a thread are in flight.
+GZIP_BLOCK = 1024 * 1024
+GZIP_MAX_THREADS = 4
 # zstd worker threads: a few overlap compression with reading; more would only cost memory.
 # Workers buffer several jobs each: 2 MiB jobs keep that near 10-15 MiB a thread (zstd's default
 # jobs for level 3 cost ~45 MiB a thread) at the same ratio and speed (measured).
@@ -816,6 +824,88 @@ class _SpoolSink:
         self.parts = []
 
 
+class _ParallelGzip:
+    """A gzip member written to `sink` with the blocks deflated on several threads (zlib releases the
+    GIL): the same format as GzipFile's (RFC 1952; mtime 0, no name), a stream gzip(1), Python and
+    every other reader decompress as one. Each block is a raw deflate stream primed with the 32 KiB
+    of data before it (zdict) and ended with a sync flush, so the blocks join into one deflate stream
+    with the ratio of a serial one; the last block ends it. CRC-32 and length follow in order."""
+
+    HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    WINDOW = 32 * 1024
+
+    def __init__(self, sink, level: int = GZIP_LEVEL, threads: int = 0):
+        self.sink = sink
+        self.level = level
+        self.threads = threads or max(1, min(os.cpu_count() or 1, GZIP_MAX_THREADS))
+        self.pool = None
+        self.pending = collections.deque()  # futures of compressed blocks, in order
+        self.block = bytearray()
+        self.tail = b""  # the last WINDOW bytes before the current block
+        self.crc = 0
+        self.size = 0
+        self.closed = False
+        self.sink.write(self.HEADER)
+
+    def _deflate(self, data: bytes, primer: bytes, last: bool) -> bytes:
+        comp = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY,
+                                **({"zdict": primer} if primer else {}))
+        return comp.compress(data) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+    def _submit(self, last: bool) -> None:
+        data = bytes(self.block)
+        self.block = bytearray()
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        primer = self.tail
+        self.tail = (primer + data)[-self.WINDOW:] if len(data) < self.WINDOW else data[-self.WINDOW:]
+        if self.threads == 1:
+            self.sink.write(self._deflate(data, primer, last))
+            return
+        if self.pool is None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="sar-gzip")
+        self.pending.append(self.pool.submit(self._deflate, data, primer, last))
+        while len(self.pending) > 2 * self.threads or (last and self.pending):
+            self.sink.write(self.pending.popleft().result())
+
+    def write(self, data) -> int:
+        if self.closed:
+            raise ValueError("write to a closed gzip stream")
+        view = memoryview(data).cast("B")
+        size, pos = len(view), 0
+        while pos < size:
+            take = min(GZIP_BLOCK - len(self.block), size - pos)
+            self.block += view[pos:pos + take]
+            pos += take
+            if len(self.block) == GZIP_BLOCK:
+                self._submit(last=False)
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """End the member (last block, CRC-32, length); the sink stays open. Never writes twice."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._submit(last=True)
+            self.sink.write(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Stop the threads without writing anything more (abort)."""
+        self.closed = True
+        if self.pool is not None:
+            for future in self.pending:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+            self.pool = None
+        self.pending.clear()
+
+
 class _Switch:
     """The compressor's sink, switchable: the archive's layers, or a tree's spool. One compressor
     (one zstd context and its worker threads, their memory) serves the whole archive."""
@@ -933,7 +1023,7 @@ class ArchiveWriter:
             extra = {"threads": threads, "job_size": ZSTD_JOB_SIZE} if threads > 1 else {}
             params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, write_checksum=1, **extra)
             return zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, closefd=False)
-        return gzip.GzipFile(filename="", fileobj=sink, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+        return _ParallelGzip(sink)
 
     # low level tar stream
     def _write(self, data) -> None:
@@ -1331,6 +1421,8 @@ class ArchiveWriter:
         """Close everything and remove the partial file; never raises."""
         if self._result is not None:
             return  # already aborted, or closed complete: nothing partial left to remove
+        if isinstance(self._comp, _ParallelGzip):
+            self._comp.abandon()  # its threads stop; no last block is written into what is removed anyway
         for closer in (self._comp, self._age, getattr(self, "_file", None)):
             if closer is not None:
                 try:
