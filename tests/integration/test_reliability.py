@@ -405,6 +405,16 @@ def bulk_data(host: Host, count: int = 24) -> None:
         random_file(os.path.join(host.announcements, "bulk-%02d.wav" % i), MB)
 
 
+def paused_at_last_announcement(host: Host) -> tuple:
+    """A run paused as it opens the last file (sorted) of the bulky announcements tree: (proc, its work folder)."""
+    bulk_data(host)
+    random_file(os.path.join(host.announcements, "zz-last.wav"), 1000)
+    proc, _marker, _log = start_paused_run(host, open="zz-last.wav")
+    workdirs = [d for d in os.listdir(host.staging()) if d.startswith(".%s-" % JOB)]
+    assert len(workdirs) == 1
+    return proc, os.path.join(host.staging(), workdirs[0])
+
+
 def test_killed_while_building(tmp_path):
     smtp_dir = str(tmp_path / "smtp")
     os.makedirs(smtp_dir)
@@ -413,14 +423,8 @@ def test_killed_while_building(tmp_path):
     try:
         host = Host(tmp_path, smtp=smtp.settings())
         host.save_job(report_to=["ops@example.com"])
-        bulk_data(host)
-        # The last file of the tree (sorted): by then 24 MiB are in the archive being built.
-        random_file(os.path.join(host.announcements, "zz-last.wav"), 1000)
-        proc, _marker, _log = start_paused_run(host, open="zz-last.wav")
-
-        workdirs = [d for d in os.listdir(host.staging()) if d.startswith(".%s-" % JOB)]
-        assert len(workdirs) == 1
-        workdir = os.path.join(host.staging(), workdirs[0])
+        # By the last file of the tree, 24 MiB are in the archive being built.
+        proc, workdir = paused_at_last_announcement(host)
         building = os.listdir(workdir)
         assert len(building) == 1 and building[0].endswith(".sar.partial"), building
         assert os.path.getsize(os.path.join(workdir, building[0])) > 8 * MB  # really in the middle
@@ -461,13 +465,7 @@ def test_killed_while_trees_are_compressed_beside_the_dumps(tmp_path):
         profile = sample.make_profile(os.path.join(str(tmp_path), "appliance"), cluster)
         host = Host(tmp_path, profile=profile)
         host.save_job(data=["core", "cdr_voicemail", "announcements"])
-        bulk_data(host)
-        random_file(os.path.join(host.announcements, "zz-last.wav"), 1000)
-        proc, _marker, _log = start_paused_run(host, open="zz-last.wav")
-
-        workdirs = [d for d in os.listdir(host.staging()) if d.startswith(".%s-" % JOB)]
-        assert len(workdirs) == 1
-        workdir = os.path.join(host.staging(), workdirs[0])
+        proc, workdir = paused_at_last_announcement(host)
         parts = [n for n in os.listdir(workdir) if ".sar.partial.spool-" in n]
         assert parts, os.listdir(workdir)  # the announcements' 24 MiB, compressed, waiting
         assert sum(os.path.getsize(os.path.join(workdir, n)) for n in parts) > 8 * MB
