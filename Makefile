@@ -56,7 +56,7 @@ lint: collection
 	cd $(COLL) && ansible-lint --profile production --offline
 
 integration: collection
-	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile tests/integration -x -q
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder tests/integration -x -q
 
 molecule: collection
 	cd $(COLL)/extensions && molecule test --all

@@ -24,6 +24,18 @@ import tempfile  # noqa: E402
 import pytest  # noqa: E402
 
 
+# `make integration` hands whole files to two pytest-xdist workers in collection order (-n 2 --dist loadfile
+# --no-loadscope-reorder). The few files that take minutes (a fleet rollout, the README's role install from
+# PyPI, a floor-Python venv, many playbook runs) go first: handed out last, one of them would keep one worker
+# busy alone at the end. The other files, and the tests within every file, keep their order.
+LONG_FILES = ("test_fleet.py", "test_runtime_floor.py", "test_readme_lab_line.py", "test_info.py", "test_modules.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # a stable sort
+
+
 class Appliance:
     """The sample appliance (tests/harness/appliance.py) plus the few helpers the
     module tests need to compare an archive with its sources."""
