@@ -56,7 +56,7 @@ lint: collection
 	cd $(COLL) && ansible-lint --profile production --offline
 
 integration: collection
-	$(PY) -m pytest -p no:cacheprovider tests/integration -x -q
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder tests/integration -x -q
 
 molecule: collection
 	cd $(COLL)/extensions && molecule test --all
@@ -65,7 +65,7 @@ molecule: collection
 # schemas. Bounded here (a few minutes); `make soak` runs the long form (SAR_SOAK=1: variants,
 # seeded random combinations, larger bombs, thousands of fuzz examples).
 reliability: collection
-	$(PY) -m pytest -p no:cacheprovider tests/reliability -q
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile tests/reliability -q
 
 soak: collection
 	SAR_SOAK=1 $(PY) -m pytest -p no:cacheprovider tests/reliability -q

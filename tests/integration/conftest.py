@@ -15,10 +15,25 @@ from harness.playbook import collections_path  # noqa: E402  pylint: disable=wro
 
 sys.path.insert(0, collections_path())
 
+import contextlib  # noqa: E402
 import copy  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+# `make integration` hands whole files to two pytest-xdist workers in collection order (-n 2 --dist loadfile
+# --no-loadscope-reorder). The few files that take minutes (a fleet rollout, the README's role install from
+# PyPI, a floor-Python venv, many playbook runs) go first: handed out last, one of them would keep one worker
+# busy alone at the end. The other files, and the tests within every file, keep their order.
+LONG_FILES = ("test_fleet.py", "test_runtime_floor.py", "test_readme_lab_line.py", "test_info.py", "test_modules.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # a stable sort
 
 
 class Appliance:
@@ -67,5 +82,34 @@ def appliance():
         yield Appliance(os.path.join(root, "appliance"), cluster, profile)
     finally:
         cluster.stop()
-        import shutil
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- folders outside pytest's tmp tree ------------------------------------------------------------
+# pytest's tmp_path is root-only and long: /tmp/pytest-of-root is 0700, and under pytest-xdist
+# (make integration runs `-n 2`) each worker's tree adds another 0700 level, .../pytest-N/popen-gwN/.
+# A test whose server runs as another user (PostgreSQL as `postgres`) and must reach a folder, or that
+# needs a short path (a unix socket below it), takes one of these instead: mkdtemp under /tmp, removed
+# after the test.
+@contextlib.contextmanager
+def _outside_tmp(mode: int):
+    path = tempfile.mkdtemp(prefix="sar-t-")
+    os.chmod(path, mode)
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def reachable_tmp():
+    """A fresh folder every user can search (0755; the path above it, /tmp, too)."""
+    with _outside_tmp(0o755) as path:
+        yield path
+
+
+@pytest.fixture
+def closed_tmp():
+    """A fresh root-only folder (0700, like pytest's own tmp) with a short path."""
+    with _outside_tmp(0o700) as path:
+        yield path

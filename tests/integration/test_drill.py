@@ -267,12 +267,13 @@ def test_private_cluster_needs_the_servers_own_version():
     assert caught.value.code == "sourceFailed"
 
 
-def test_private_cluster_refuses_a_staging_dir_its_user_cannot_reach(pbx, no_createdb, tmp_path):
-    """pytest's tmp (/tmp/pytest-of-root, 0700) is closed to postgres: the drill fails naming that directory,
-    starts nothing, and leaves staging's group and mode as they were."""
+def test_private_cluster_refuses_a_staging_dir_its_user_cannot_reach(pbx, no_createdb, tmp_path, closed_tmp):
+    """A root-only folder (0700, like pytest's own tmp) is closed to postgres: the drill fails naming that
+    directory, starts nothing, and leaves staging's group and mode as they were. (Not below tmp_path: under
+    pytest-xdist its path is too long for the private cluster's socket, a check that comes first.)"""
     drill_job(pbx, tmp_path, targets=[{"type": "local"}])
     settings = json.loads(json.dumps(pbx.settings))
-    settings["staging_dir"] = str(tmp_path / "staging")
+    settings["staging_dir"] = str(closed_tmp / "staging")
     pbx.store.write_settings(settings)
     assert pbx.sar("run", "nightly") == 0
     staging = settings["staging_dir"]
@@ -281,7 +282,7 @@ def test_private_cluster_refuses_a_staging_dir_its_user_cannot_reach(pbx, no_cre
     assert pbx.sar("drill", "nightly") == 1
     drill = status(pbx)["last_drill"]
     assert drill["code"] == "sourceFailed" and drill["isolation"] == "private_cluster"
-    closed = [p for p in [str(tmp_path)] + [str(d) for d in tmp_path.parents]
+    closed = [p for p in [str(closed_tmp)] + [str(d) for d in closed_tmp.parents]
               if not os.stat(p).st_mode & 0o001][0]   # the first directory above staging postgres cannot search
     assert "cannot search %s" % closed in drill["error"] and "'postgres'" in drill["error"], drill["error"]
     after = os.stat(staging)

@@ -542,13 +542,11 @@ def test_restore_role_restores_as_that_role(pg, restorer_db, workdir, tmp_path):
     assert not any("superuser" in line for line in logged), logged
 
 
-def test_restore_role_keeps_server_programs_out_of_reach(restorer_db, tmp_path):
+def test_restore_role_keeps_server_programs_out_of_reach(restorer_db, reachable_tmp):
     """Had a COPY ... TO PROGRAM slipped past the check, the restore role could not run it."""
     _name, profile = restorer_db
-    shared = tmp_path / "shared"
+    shared = reachable_tmp / "shared"  # not below tmp_path: the server (user postgres) could not reach it
     shared.mkdir()
-    for path in (str(tmp_path), os.path.dirname(str(tmp_path)), os.path.dirname(os.path.dirname(str(tmp_path)))):
-        os.chmod(path, os.stat(path).st_mode | 0o055)
     os.chmod(str(shared), 0o777)  # the server (user postgres) may write here
     flag = str(shared / "pwned")
     role_profile = copy.deepcopy(profile)
