@@ -285,7 +285,7 @@ def _text(size: int) -> bytes:
     words = [b"extension", b"voicemail", b"context", b"exten", b"=>", b"Dial(SIP/", b"answer", b"2024-05-01"]
     out = bytearray()
     while len(out) < size:
-        out += b" ".join(rnd.choice(words) for _ in range(12)) + b" %d\n" % rnd.randrange(10 ** 6)
+        out += b" ".join(rnd.choice(words) for _word in range(12)) + b" %d\n" % rnd.randrange(10 ** 6)
     return bytes(out[:size])
 
 
