@@ -59,6 +59,17 @@ def victim(pg, tmp_path_factory):
 
 
 @pytest.fixture
+def flag_dir(reachable_tmp):
+    """Where a payload that ran would leave its flag: writable by psql's \\! (the client, root) and by the
+    server (postgres: COPY TO PROGRAM, lo_export), so a payload that ran cannot go unnoticed (pytest's
+    tmp_path is closed to postgres)."""
+    path = reachable_tmp / "flags"
+    path.mkdir()
+    os.chmod(str(path), 0o777)
+    return path
+
+
+@pytest.fixture
 def workdir(tmp_path):
     path = tmp_path / "work"
     path.mkdir(mode=0o700)
@@ -212,8 +223,8 @@ def test_empty_dump_restores_nothing(pg, victim, workdir):
     assert live_state(pg, appliance.DATABASE) == before
 
 
-def test_backslashes_in_strings_defaults_comments_and_data_are_legitimate(pg, evil, victim, workdir, tmp_path):
-    flag = str(tmp_path / "never")
+def test_backslashes_in_strings_defaults_comments_and_data_are_legitimate(pg, evil, victim, workdir, flag_dir):
+    flag = str(flag_dir / "never")
     sql = r"""
         CREATE TABLE public.cdr (id bigserial PRIMARY KEY, note text DEFAULT E'\\! touch %(f)s',
                                  path text DEFAULT 'C:\temp\' CHECK (path <> E'\\.'), tag text DEFAULT $q$\$q$);
@@ -326,8 +337,8 @@ PLACEHOLDER = b"P" * 240
     (b"x'; SET ROLE postgres; --", r"SET of a setting a restore does not change"),
     (b"x' ; SELECT :'DBNAME'; --", r"a psql variable reference"),
 ], ids=["meta-command", "second-statement", "copy-to-program", "lo_export", "set-role", "psql-variable"])
-def test_a_comment_breaking_out_of_its_string_is_refused(pg, evil, victim, workdir, tmp_path, payload, reason):
-    flag = str(tmp_path / "pwned").encode()
+def test_a_comment_breaking_out_of_its_string_is_refused(pg, evil, victim, workdir, flag_dir, payload, reason):
+    flag = str(flag_dir / "pwned").encode()
     path = evil("CREATE TABLE public.cdr (id int); COMMENT ON TABLE public.cdr IS '%s';" % PLACEHOLDER.decode(),
                 "cdr_voicemail")
     patch(path, PLACEHOLDER, payload % {b"flag": flag})
@@ -338,8 +349,8 @@ def test_a_comment_breaking_out_of_its_string_is_refused(pg, evil, victim, workd
     assert not os.path.exists(flag)
 
 
-def test_copy_data_with_an_early_end_line_is_refused(pg, evil, victim, workdir, tmp_path):
-    flag = str(tmp_path / "pwned")
+def test_copy_data_with_an_early_end_line_is_refused(pg, evil, victim, workdir, flag_dir):
+    flag = str(flag_dir / "pwned")
     path = evil("CREATE TABLE public.cdr (id int, note text); INSERT INTO public.cdr VALUES (1, '%s'), (2, 'after');"
                 % PLACEHOLDER.decode(), "cdr_voicemail")
     patch(path, PLACEHOLDER, b"x\n\\.\nCOPY (SELECT 1) TO PROGRAM 'touch %s';\n--" % flag.encode())
@@ -369,8 +380,8 @@ def test_copy_data_with_an_early_end_line_is_refused(pg, evil, victim, workdir, 
      "CREATE TABLE public.cdr_link (id int REFERENCES public.users_x(id));", r"table public\.users_x is not one of"),
 ], ids=["lo_export-default", "lo_export-check", "pg_read_file-check", "nextval-of-core-sequence",
         "backslash-identifier", "newline-identifier", "foreign-key-to-core"])
-def test_dangerous_definitions_made_by_pg_dump_are_refused(pg, evil, victim, workdir, tmp_path, sql, reason):
-    flag = str(tmp_path / "pwned")
+def test_dangerous_definitions_made_by_pg_dump_are_refused(pg, evil, victim, workdir, flag_dir, sql, reason):
+    flag = str(flag_dir / "pwned")
     path = evil(sql % {"flag": flag}, "cdr_voicemail")
     msg = refused(path, "cdr_voicemail", victim["profile"], workdir)
     assert re.search(reason, msg), msg
