@@ -84,7 +84,6 @@ ZSTD_JOB_SIZE = 2 * 1024 * 1024
 # in files of at most SPOOL_PART bytes next to the archive, each removed once copied into it: staging
 # never holds more than one part twice.
 SPOOL_PART = 64 * 1024 * 1024
-AGE_FEED = 256 * 1024  # spooled bytes go to the age layer in pieces this size (its output is hashed as it comes)
 
 # ---- Limits: what any archive may cost a reader (docs/sar-format.md, "Limits"). Together they keep
 # verify and restore of any file, however crafted, under ~100 MB of memory. The writer refuses to
@@ -1320,7 +1319,6 @@ class ArchiveWriter:
         if self._layout.role(arcprefix)[0] != "tree":
             raise ValueError("member %r belongs to no source of the manifest" % arcprefix)
         sink = _SpoolSink("%s.spool-%d" % (self.path, len(self._spooled)))
-        self._end_frame()
         saved = self._tar_pos, self._sums
         self._tar_pos, self._sums = 0, []
         self._switch.target = sink
@@ -1359,8 +1357,6 @@ class ArchiveWriter:
                 while True:
                     buf = free.get()
                     view = memoryview(buf)
-                    if self._age is not None:
-                        view = view[:AGE_FEED]
                     try:
                         got = handle.readinto(view)
                     except BaseException:
@@ -1373,7 +1369,7 @@ class ArchiveWriter:
                         # Straight to the file: the buffer comes back once the hashing thread is done with it.
                         self._counter.write_lent(view[:got], lambda b=buf: free.put(b))
                     else:
-                        self._age.write(view[:got])  # encrypted into age's own buffer
+                        self._age.write(view[:got])  # copied into age's own chunk buffer: buf is free again
                         free.put(buf)
             _unlink(part)
         spooled.sink.parts = []
