@@ -88,6 +88,16 @@ def random_file(path: str, size: int) -> None:
             left -= len(chunk)
 
 
+def machine_cpu_s() -> float:
+    """The machine's busy CPU seconds so far: every process and the kernel (user, nice, system,
+    irq, softirq; not idle, iowait or steal), from /proc/stat. Read before and after a transfer
+    by the process that times it, it adds the servers' work on the same cores (sshd,
+    sftp-server, smbd) to the client's own."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:8]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / float(os.sysconf("SC_CLK_TCK"))
+
+
 def read_all(path: str) -> str:
     """Read the file once (page-cache warm-up) and return its SHA-256."""
     digest = hashlib.sha256()

@@ -408,7 +408,11 @@ def big_archive(tmp_path_factory):
     return str(path), digest.hexdigest()
 
 
-def test_smbd_killed_mid_upload_and_restarted_resumes(tmp_path, own_server, big_archive):
+@pytest.mark.parametrize("early_flush", [None, 16 * 1024 * 1024], ids=["early-flush-default", "early-flush-16MiB"])
+def test_smbd_killed_mid_upload_and_restarted_resumes(tmp_path, own_server, big_archive, monkeypatch, early_flush):
+    if early_flush:  # FLUSH requests still on their way when the server dies, then more after the resume
+        from ansible_collections.sar.backup.plugins.module_utils.targets import smb as smb_mod  # pylint: disable=import-outside-toplevel
+        monkeypatch.setattr(smb_mod, "EARLY_FLUSH", early_flush)
     srv = own_server()
     path, sha = big_archive
     messages = []
@@ -499,6 +503,65 @@ def frames_spy(monkeypatch):
         return frames
     monkeypatch.setattr(smb_mod._WriteFrames, "for_pipe", classmethod(spy))  # pylint: disable=protected-access
     return seen
+
+
+def test_early_flushes_go_out_during_the_upload_and_are_all_answered(tmp_path, share_dirs, monkeypatch):
+    """Every EARLY_FLUSH bytes an SMB2 FLUSH goes out behind the writes without
+    waiting (the server writes the file to disk while the rest arrives); every
+    one is answered before the last FLUSH, which still comes after all writes."""
+    from smbprotocol.open import Open  # pylint: disable=import-outside-toplevel
+    from ansible_collections.sar.backup.plugins.module_utils.targets import smb as smb_mod  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr(smb_mod, "EARLY_FLUSH", 2 * 1024 * 1024)
+    events = []
+    open_flush = Open.flush
+
+    def flush(self, send=True):
+        events.append("flush" if send else "early flush")
+        return open_flush(self, send)
+    monkeypatch.setattr(Open, "flush", flush)
+    writes = smb_mod._SmbWrites  # pylint: disable=protected-access
+    collect, drain = writes.collect, writes.drain
+
+    def collected(self):
+        events.append("write answered")
+        return collect(self)
+
+    def drained(self):
+        waiting = list(self.flushes)
+        drain(self)
+        events.append("drained %d, answered %d, outstanding %d" % (
+            len(waiting), sum(r.response is not None for r in waiting),
+            sum(r.message["message_id"].get_value() in self.pipe.conn.outstanding_requests for r in waiting)))
+    monkeypatch.setattr(writes, "collect", collected)
+    monkeypatch.setattr(writes, "drain", drained)
+    srv = share_dirs
+    size = 17 * 1024 * 1024 + 17
+    path, sha = make_archive(tmp_path, size)
+    make_target(srv, tmp_path, verify="full").deliver(path, NAME, size, sha)
+    assert sha_of(os.path.join(job_dir(srv), NAME)) == sha
+    early = events.count("early flush")
+    # one at least 2 MiB after the one before, none in the last 0.5 MiB
+    assert 2 <= early <= 8, events
+    assert events[-2:] == ["drained %d, answered %d, outstanding 0" % (early, early), "flush"], events
+    last_write = len(events) - 3
+    assert events[last_write] == "write answered" and events.index("early flush") < last_write, events
+
+
+def test_no_early_flush_for_an_archive_shorter_than_the_interval(tmp_path, share_dirs, monkeypatch):
+    from smbprotocol.open import Open  # pylint: disable=import-outside-toplevel
+    sent = []
+    open_flush = Open.flush
+
+    def flush(self, send=True):
+        sent.append(send)
+        return open_flush(self, send)
+    monkeypatch.setattr(Open, "flush", flush)
+    srv = share_dirs
+    size = 9 * 1024 * 1024 + 17
+    path, sha = make_archive(tmp_path, size)
+    make_target(srv, tmp_path).deliver(path, NAME, size, sha)
+    assert sha_of(os.path.join(job_dir(srv), NAME)) == sha
+    assert sent == [True]  # the last FLUSH only
 
 
 @pytest.mark.parametrize("dialect,signing,cipher,encrypt", [

@@ -97,6 +97,12 @@ class RequestWindow:
         end offset it confirms."""
         raise NotImplementedError
 
+    def span(self, offset: int, size: int) -> None:
+        """This upload writes bytes offset..size (before the first send)."""
+
+    def drain(self) -> None:
+        """Every write confirmed: wait for anything else the window sent (raise on failure)."""
+
 
 class PipelinedReader(io.RawIOBase):
     """A remote file read with several requests in flight. A protocol
@@ -307,6 +313,7 @@ class TransferTarget(Target):
         awaiting replies; replies are checked in file order, so
         `state.confirmed` is always a prefix the server acknowledged."""
         window = self._write_window(handle, src)
+        window.span(offset, size)
         src.seek(offset)
         pos = offset
         while pos < size or window.pending():
@@ -322,6 +329,7 @@ class TransferTarget(Target):
             if not window.pending():
                 raise TargetError("%s: %s" % (self.location(), window.STALLED), errors.FAILED)
             state.confirmed = window.collect()
+        window.drain()
 
     def _commit_once(self, partial: str, final: str, name: str, size: int) -> None:
         self._ensure_connected()
