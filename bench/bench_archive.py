@@ -312,9 +312,18 @@ def row(tool: str, runs: list, input_bytes: int, output_bytes) -> dict:
     return out
 
 
-def manifest_for(info: dict) -> dict:
-    return {"job": "bench", "host": "benchhost", "categories": ["core", "cdr_voicemail", "announcements"],
-            "sources": [{"kind": "tree", "origin": info["root"], "size": info["bytes"]}]}
+def manifest_for(info: dict, compression: str, encryption, twice: bool) -> tuple:
+    """(manifest, trees) of an archive of the data set (twice: once more as a second tree), as a run
+    writes them: the writer checks the manifest as readers do, and each tree goes to its source's member."""
+    if collections_path() not in sys.path:
+        sys.path.insert(0, collections_path())
+    from ansible_collections.sar.backup.plugins.module_utils import archive  # pylint: disable=import-outside-toplevel
+    sources = [{"category": "core", "kind": "files", "member": "files/core/%d" % i, "origin": info["root"],
+                "size": info["bytes"], "files": info["files"]} for i in range(2 if twice else 1)]
+    manifest = archive.new_manifest(job="bench", host="benchhost", created="2026-01-01T00:00:00Z", categories=["core"],
+                                    compression=compression, encryption=encryption, sources=sources,
+                                    tool="sar-backup bench")
+    return manifest, [[src["member"], info["root"]] for src in sources]
 
 
 def run(workdir: str, size_bytes: int) -> dict:
@@ -332,9 +341,9 @@ def run(workdir: str, size_bytes: int) -> dict:
 
         def ours(name: str, compression: str, encryption=None, twice: bool = False) -> dict:
             out = os.path.join(scratch, name)
-            trees = [["appliance", root]] + ([["appliance-2", root]] if twice else [])
+            manifest, trees = manifest_for(info, compression, encryption, twice)
             args = {"out": out, "compression": compression, "encryption": encryption, "trees": trees,
-                    "manifest": manifest_for(info)}
+                    "manifest": manifest}
             result = measure([sys.executable, "-c", OURS_WRITE, farm, json.dumps(args)])
             result["size"] = os.path.getsize(out)
             return result
