@@ -181,9 +181,13 @@ def clean_staging(root: str, log=None, kept_copy=None, keep=()) -> list:
             if log:
                 log("removing leftover %s from an interrupted run, restore or drill" % path)
             if stale_dir and entry.startswith(".drill-"):
-                from .pgcluster import stop_leftover  # local: only a killed drill leaves a server running
+                # local: only a killed drill leaves a server running, and staging's group and mode changed
+                from .pgcluster import give_back_staging, stop_leftover
                 if stop_leftover(path) and log:
                     log("stopped the private PostgreSQL cluster an interrupted drill left running in %s" % path)
+                said = give_back_staging(path)
+                if said and log:
+                    log(said)
             if stale_dir:
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -41,6 +41,9 @@ SUBDIR = "pg"                      # <drill work folder>/pg: socket; pg/data: th
 PORT = 5432                        # only names the socket file: the socket directory is private
 _SOCKET_MAX = 107                  # sun_path bytes Linux allows
 _SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+# <drill work folder>/staging-was: staging's group and mode before the drill gave the cluster's group search
+# permission, and that group, so that the next run, restore or drill puts them back when a killed drill could not.
+STAGING_WAS = "staging-was"
 
 
 def _conf_literal(text: str) -> str:
@@ -199,6 +202,10 @@ class PrivateCluster:
                 raise SourceError("the drill's private cluster runs as %r, which cannot search staging_dir %s, whose "
                                   "group already has rights: give %s search permission (x) on it"
                                   % (self.user_name, staging, self.user_name))
+            # Written first (root's, in the root-owned work folder): a drill killed after the change leaves it.
+            fd = os.open(os.path.join(self.workdir, STAGING_WAS), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write("%d %o %d\n" % (st.st_gid, st.st_mode & 0o7777, self.gid))
             os.chown(staging, 0, self.gid)
             os.chmod(staging, (st.st_mode & 0o7777) | 0o010)
             self.staging_was = (staging, st.st_gid, st.st_mode & 0o7777)  # put back by stop()
@@ -287,6 +294,30 @@ def _is_postmaster_of(pid: int, data_dir: str) -> bool:
         os.fsencode(data_dir) in argv
 
 
+def give_back_staging(workdir: str) -> str:
+    """Put back staging's group and mode that the drill which left `workdir` (killed) changed: only while
+    staging still has that drill's group, so a change made since stays. Returns what was done ('' if nothing)."""
+    try:
+        with open(os.path.join(workdir, STAGING_WAS), encoding="ascii") as handle:
+            text = handle.read(64)
+    except OSError:
+        return ""
+    match = re.fullmatch(r"(\d{1,10}) ([0-7]{1,4}) (\d{1,10})\n", text)
+    if not match:
+        return ""
+    gid, mode, cluster_gid = int(match.group(1)), int(match.group(2), 8), int(match.group(3))
+    staging = os.path.dirname(os.path.abspath(workdir))
+    try:
+        st = os.stat(staging)
+        if st.st_uid != 0 or st.st_gid != cluster_gid or (st.st_gid, st.st_mode & 0o7777) == (gid, mode):
+            return ""
+        os.chown(staging, 0, gid)
+        os.chmod(staging, mode)
+    except OSError as exc:
+        return "could not give %s back its group and mode: %s" % (staging, exc)
+    return "gave %s back its group %d and mode %04o (an interrupted drill had changed them)" % (staging, gid, mode)
+
+
 def stop_leftover(workdir: str, timeout: float = 30) -> bool:
     """Stop the private cluster a drill left in `workdir/pg/data` (a killed drill), if its server still runs:
     SIGQUIT (immediate shutdown), then SIGKILL. True if one was running."""
@@ -311,4 +342,5 @@ def stop_leftover(workdir: str, timeout: float = 30) -> bool:
     return True
 
 
-__all__ = ["PrivateCluster", "find_server_binaries", "server_major", "stop_leftover", "CLUSTER_OS_USER"]
+__all__ = ["PrivateCluster", "find_server_binaries", "give_back_staging", "server_major", "stop_leftover",
+           "CLUSTER_OS_USER"]

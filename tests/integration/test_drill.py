@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 
 from harness import appliance as sample
@@ -252,6 +253,46 @@ def test_drill_without_createdb_restores_into_a_private_cluster(pbx, no_createdb
     assert "no_such_role_for_drills" in drill["error"]
     assert postmasters_under(staging) == [] and [n for n in os.listdir(staging) if n.startswith(".drill")] == []
     assert pbx.snapshot() == live and databases(pbx.cluster) == []
+
+
+@pytest.mark.parametrize("since", ["untouched", "regrouped"])
+def test_a_killed_drills_staging_change_is_given_back_by_the_next_cleanup(pbx, since):
+    """A drill killed with its private cluster running never gave staging back its group and mode: the next run,
+    restore or drill (clean_staging) stops the server and puts them back, unless staging's group changed since."""
+    import shutil
+    import tempfile
+    from ansible_collections.sar.backup.plugins.module_utils import pgcluster
+    from ansible_collections.sar.backup.plugins.module_utils.fsutil import clean_staging
+    root = tempfile.mkdtemp(prefix="sar-drill-")
+    os.chmod(root, 0o755)
+    staging = os.path.join(root, "staging")
+    os.mkdir(staging, 0o700)  # as runs make it: the cluster's user (postgres) cannot enter
+    killed = os.path.join(staging, ".drill-abcd1234")
+    os.mkdir(killed, 0o700)
+    try:
+        major = pgcluster.server_major(pbx.cluster.psql("SHOW server_version_num").strip())
+        pgcluster.PrivateCluster(killed, pgcluster.find_server_binaries(major)).start()  # then "killed": no stop()
+        (left_pid,) = postmasters_under(killed)
+        changed = os.stat(staging)
+        postgres_gid = pwd.getpwnam(pgcluster.CLUSTER_OS_USER).pw_gid
+        assert (changed.st_gid, changed.st_mode & 0o777) == (postgres_gid, 0o710)
+        if since == "regrouped":  # an admin gave staging a group of their own meanwhile: it stays
+            os.chown(staging, 0, 4)
+            os.chmod(staging, 0o750)
+        said = []
+        assert clean_staging(staging, log=said.append) == [killed]
+        assert left_pid not in postmasters_under(root) and not os.path.exists(killed)
+        after = os.stat(staging)
+        if since == "untouched":
+            assert (after.st_uid, after.st_gid, after.st_mode & 0o7777) == (0, 0, 0o700)
+            assert any("gave %s back its group 0 and mode 0700" % staging in line for line in said), said
+        else:
+            assert (after.st_uid, after.st_gid, after.st_mode & 0o7777) == (0, 4, 0o750)
+            assert not [line for line in said if "gave" in line], said
+    finally:
+        for pid in postmasters_under(root):
+            os.kill(pid, 9)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_private_cluster_needs_the_servers_own_version():
