@@ -10,7 +10,7 @@
                [--data CAT ...] [--verify-only | --dry-run | --yes] [--wait D] [--passphrase-file F | --identity F]
     sar-backup [--config-dir DIR] status [--job J] [--warn 26h] [--crit 50h] [--format text|json|checkmk]
     sar-backup [--config-dir DIR] metrics
-    sar-backup [--config-dir DIR] crash-report JOB [--unit U]
+    sar-backup [--config-dir DIR] crash-report JOB [--unit U] [--drill]
 
 The installed wrapper calls main() and exits with what it returns.
 
@@ -313,18 +313,27 @@ def _reported_by_runner(env) -> bool:
 def cmd_crash_report(store: Store, args) -> int:
     """OnFailure= hook: the runner died without reporting (killed, crashed, out of memory, bad
     configuration). Records it in the job's status file and the metrics, so monitoring sees a
-    failed run and not the last success, and mails the job's report_to."""
-    unit = args.unit or "sar-backup@%s.service" % args.job
+    failed run and not the last success, and mails the job's report_to. With --drill, the same
+    for a restore drill: `last_drill` says failed (the last successful drill is kept)."""
+    unit = args.unit or ("sar-backup-drill@%s.service" if args.drill else "sar-backup@%s.service") % args.job
     if _reported_by_runner(os.environ):
-        out("%s: the run failed and reported it itself; nothing to add" % unit)
+        out("%s: the %s failed and reported it itself; nothing to add" % (unit, "drill" if args.drill else "run"))
         return EXIT_OK
     settings = store.settings()
     job = store.load_job(args.job)
     how = os.environ.get("MONITOR_SERVICE_RESULT")
     how = "ended with %s (exit status %s)" % (how, os.environ.get("MONITOR_EXIT_STATUS", "?")) if how \
         else "stopped without reporting (killed or crashed)"
-    msg = "the backup service %s %s; see journalctl -u %s" % (unit, how, unit)
+    msg = "the %s service %s %s; see journalctl -u %s" % ("restore drill" if args.drill else "backup", unit, how, unit)
     now = datetime.datetime.now(datetime.timezone.utc)
+    if args.drill:
+        from .drill import drill_record  # local: only drills need it
+        drill = drill_record(job, now, errors.FAILED, None, msg, crash=True)
+        report.record(settings, store, job["name"], report.write_drill, drill, drill.setdefault("warnings", []))
+        out(msg)
+        if job.get("report_to") and job.get("report_on") != "never":
+            report.mail_drill_report(settings, job, drill)
+        return EXIT_OK
     when = now.astimezone().isoformat(timespec="seconds")
     host = short_hostname()
     targets = []
@@ -442,9 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("module")
     p.set_defaults(func=cmd_module_call)
 
-    p = sub.add_parser("crash-report", help="OnFailure= hook: mail that a run died unreported")
+    p = sub.add_parser("crash-report", help="OnFailure= hook: mail that a run (or drill) died unreported")
     p.add_argument("job")
     p.add_argument("--unit")
+    p.add_argument("--drill", action="store_true", help="the service was a restore drill")
     p.set_defaults(func=cmd_crash_report)
     return parser
 

@@ -111,14 +111,7 @@ class Drill:
             return None
 
     def record(self, code: str, target, error=None, **extra) -> dict:
-        finished = _now()
-        out = {"job": self.job["name"], "host": short_hostname(), "started": _iso(self.started),
-               "finished": _iso(finished), "seconds": round((finished - self.started).total_seconds(), 3),
-               "code": code, "success": code == errors.SUCCESSFUL, "target": target, "archive": None,
-               "interval": (self.job.get("drill") or {}).get("interval", "manual"), "error": error,
-               "tables": [], "trees": [], "checks": {"tables": 0, "files": 0, "bytes": 0}}
-        out.update(extra)
-        return out
+        return drill_record(self.job, self.started, code, target, error, **extra)
 
     # -- the drill ------------------------------------------------------------------------
     def execute(self) -> dict:
@@ -359,6 +352,18 @@ class Drill:
             except SarError as exc:
                 warnings.append("could not mail the drill report: %s" % exc)
         return drill
+
+
+def drill_record(job: dict, started: datetime.datetime, code: str, target, error=None, **extra) -> dict:
+    """A drill's outcome as the status file's `last_drill` holds it (also the crash report's, cli.py)."""
+    finished = _now()
+    out = {"job": job["name"], "host": short_hostname(), "started": _iso(started),
+           "finished": _iso(finished), "seconds": round((finished - started).total_seconds(), 3),
+           "code": code, "success": code == errors.SUCCESSFUL, "target": target, "archive": None,
+           "interval": (job.get("drill") or {}).get("interval", "manual"), "error": error,
+           "tables": [], "trees": [], "checks": {"tables": 0, "files": 0, "bytes": 0}}
+    out.update(extra)
+    return out
 
 
 def quote_literal(text: str) -> str:

@@ -248,6 +248,44 @@ def test_crash_report_records_a_failed_run_once(host, capsys, monkeypatch):
     assert len(host["smtp"].messages) == 2
 
 
+def test_crash_report_of_a_drill_records_a_failed_drill_once(host, capsys, monkeypatch):
+    from ansible_collections.sar.backup.plugins.module_utils import drill, report
+    job = save_job(host["store"])
+    assert sar(host, "run", "nightly") == 0
+    settings = host["settings"]
+    passed = drill.drill_record(job, datetime.datetime.now(datetime.timezone.utc), "successful", 0)
+    report.write_drill(settings, "nightly", passed)
+    before = status_of(host)
+    assert before["last_drill_success"] == passed["finished"]
+    capsys.readouterr()
+
+    # A drill that failed and mailed its own report (exit status 1): nothing added.
+    monkeypatch.setenv("MONITOR_SERVICE_RESULT", "exit-code")
+    monkeypatch.setenv("MONITOR_EXIT_STATUS", "1")
+    assert sar(host, "crash-report", "nightly", "--drill") == 0
+    assert "sar-backup-drill@nightly.service: the drill failed and reported it itself" in capsys.readouterr().out
+    assert host["smtp"].messages == [] and status_of(host) == before
+
+    # Killed (out of memory, say): last_drill says failed, the run's result and the last passed drill stay.
+    monkeypatch.setenv("MONITOR_SERVICE_RESULT", "oom-kill")
+    monkeypatch.setenv("MONITOR_EXIT_STATUS", "KILL")
+    assert sar(host, "crash-report", "nightly", "--drill") == 0
+    status = status_of(host)
+    crashed = status["last_drill"]
+    assert crashed["code"] == "failed" and crashed["success"] is False and crashed["crash"] is True
+    assert crashed["error"].startswith("the restore drill service sar-backup-drill@nightly.service ended with oom-kill")
+    assert status["last_drill_success"] == passed["finished"]
+    assert {k: status[k] for k in ("code", "last_success", "targets")} == \
+        {k: before[k] for k in ("code", "last_success", "targets")}
+    metrics = open(os.path.join(settings["status_dir"], "sar_backup.prom")).read()
+    assert re.search(r'^sar_backup_last_drill_success\{backup_job="nightly"\} 0$', metrics, re.M)
+    assert len(host["smtp"].messages) == 1
+    mail = host["smtp"].messages[0].message
+    assert "restore drill of nightly" in mail["Subject"] and "FAILED" in mail["Subject"]
+    text = "".join(part.get_content() for part in mail.walk() if part.get_content_type() == "text/plain")
+    assert "ended with oom-kill" in text, text
+
+
 def test_a_run_removes_what_killed_runs_of_any_job_left_in_staging(host, capsys):
     save_job(host["store"])
     staging = host["settings"]["staging_dir"]
