@@ -56,8 +56,10 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.sar.backup.plugins.module_utils import job
 from ansible_collections.sar.backup.plugins.module_utils.targets import target_class
+from ansible_collections.sar.backup.plugins.module_utils.targets import local
 from ansible_collections.sar.backup.plugins.module_utils.targets.base import TargetContext
 args = json.loads(sys.argv[2])
+local.LINK_FROM_STAGING = args["link"]  # False: the copy to a backup disk (source and folder share a filesystem here)
 opts = job.validate_target({"type": "local", "path": args["path"], "verify": args["verify"], "keep": 0}, 0)
 ctx = TargetContext(job=args["job"], host=args["host"], config_dir=args["config_dir"], settings={"archive_dir": args["path"]})
 target = target_class("local")(opts, ctx)
@@ -142,6 +144,7 @@ def run(workdir: str, size_bytes: int) -> dict:
             "cp_sync": "cp + sync (global)",
             "ours_size": "LocalTarget.deliver (verify size)",
             "ours_full": "LocalTarget.deliver (verify full)",
+            "ours_link": "LocalTarget.deliver, archive in staging on the same filesystem (hard link, verify size)",
         }
         results = {key: [] for key in tools}
         for attempt in range(REPEAT):
@@ -150,8 +153,10 @@ def run(workdir: str, size_bytes: int) -> dict:
                 folder = os.path.join(base, "starface-backup", JOB)
                 subprocess.run(["sync"], check=True)  # untimed: start every run with no dirty data
                 if key.startswith("ours"):
-                    args = {"path": base, "verify": key.split("_")[1], "job": JOB, "host": HOST, "config_dir": config_dir,
-                            "src": src, "name": NAME, "size": size_bytes, "sha256": sha256}
+                    os.makedirs(base)  # the target's path exists (a mounted disk); it creates the folders below
+                    args = {"path": base, "verify": "full" if key == "ours_full" else "size", "link": key == "ours_link",
+                            "job": JOB, "host": HOST, "config_dir": config_dir, "src": src, "name": NAME,
+                            "size": size_bytes, "sha256": sha256}
                     result = measure([sys.executable, "-c", OURS, farm, json.dumps(args)])
                 else:
                     # The folder exists beforehand, the copy lands under its final name: the simplest thing an admin does.
@@ -175,9 +180,12 @@ def run(workdir: str, size_bytes: int) -> dict:
         "ratio": round(by_key["ours_size"]["mb_s"] / ref, 3),
         "ratio_verify_full": round(by_key["ours_full"]["mb_s"] / ref, 3),
         "ratio_vs_global_sync": round(by_key["ours_size"]["mb_s"] / by_key["cp_sync"]["mb_s"], 3),
+        "ratio_link": round(by_key["ours_link"]["mb_s"] / ref, 3),
         "notes": ("%.0f MB random file copied within one filesystem (%s); the source is in the page cache (warm-up read), "
                   "dirty data flushed before each run (untimed); median of %d runs, tools taken in turn. 'ratio' = MB/s "
-                  "of deliver (verify size) / MB/s of `cp && sync FILE DIR` (same durability). Times are measured inside "
+                  "of deliver (verify size), copying as to a backup disk (its link from staging switched off), / MB/s "
+                  "of `cp && sync FILE DIR` (same durability); `ratio_link` = the same with the link a run makes when "
+                  "staging and the target share a filesystem (no second copy; the file and folder are still fsynced). Times are measured inside "
                   "each tool's own process (ours: the deliver() call, not the interpreter start); peak RSS is that "
                   "process's ru_maxrss (ours includes the Python interpreter)."
                   % (size_bytes / MB, filesystem_of(workdir), REPEAT)),
