@@ -35,11 +35,13 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
+for _path in (TESTS, os.path.dirname(os.path.abspath(__file__))):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from harness.playbook import collections_path  # noqa: E402  pylint: disable=wrong-import-position
 from harness.sshd import SshServer, generate_key  # noqa: E402  pylint: disable=wrong-import-position
+from bench_local import random_file  # noqa: E402  pylint: disable=wrong-import-position
 
 CIPHER = "aes128-gcm@openssh.com"
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
@@ -88,15 +90,6 @@ print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, 
 """
 
 
-def _random_file(path: str, size: int) -> None:
-    with open(path, "wb") as handle:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 4 * 1024 * 1024))
-            handle.write(chunk)
-            left -= len(chunk)
-
-
 def _measure(argv: list) -> dict:
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
@@ -131,7 +124,7 @@ def run(workdir: str, size_bytes: int) -> dict:
     os.makedirs(workdir, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="bench-sftp-", dir=workdir)
     src = os.path.join(scratch, "payload.bin")
-    _random_file(src, size_bytes)
+    random_file(src, size_bytes)
     key_path = os.path.join(scratch, "id_ed25519")
     config_dir = os.path.join(scratch, "config")
     os.mkdir(config_dir)

@@ -315,9 +315,10 @@ def cmd_crash_report(store: Store, args) -> int:
     configuration). Records it in the job's status file and the metrics, so monitoring sees a
     failed run and not the last success, and mails the job's report_to. With --drill, the same
     for a restore drill: `last_drill` says failed (the last successful drill is kept)."""
+    what = "drill" if args.drill else "run"
     unit = args.unit or ("sar-backup-drill@%s.service" if args.drill else "sar-backup@%s.service") % args.job
     if _reported_by_runner(os.environ):
-        out("%s: the %s failed and reported it itself; nothing to add" % (unit, "drill" if args.drill else "run"))
+        out("%s: the %s failed and reported it itself; nothing to add" % (unit, what))
         return EXIT_OK
     settings = store.settings()
     job = store.load_job(args.job)
@@ -328,12 +329,18 @@ def cmd_crash_report(store: Store, args) -> int:
     now = datetime.datetime.now(datetime.timezone.utc)
     if args.drill:
         from .drill import drill_record  # local: only drills need it
-        drill = drill_record(job, now, errors.FAILED, None, msg, crash=True)
-        report.record(settings, store, job["name"], report.write_drill, drill, drill.setdefault("warnings", []))
-        out(msg)
-        if job.get("report_to") and job.get("report_on") != "never":
-            report.mail_drill_report(settings, job, drill)
-        return EXIT_OK
+        result = drill_record(job, now, errors.FAILED, None, msg, crash=True)
+        report.record(settings, store, job["name"], report.write_drill, result, result.setdefault("warnings", []))
+    else:
+        result = _crashed_run(store, settings, job, now, msg)
+    out(msg)
+    if job.get("report_to") and job.get("report_on") != "never":
+        (report.mail_drill_report if args.drill else report.mail_report)(settings, job, result)
+    return EXIT_OK
+
+
+def _crashed_run(store: Store, settings: dict, job: dict, now: datetime.datetime, msg: str) -> dict:
+    """A failed run in the job's status file and the metrics: each target failed with `msg`."""
     when = now.astimezone().isoformat(timespec="seconds")
     host = short_hostname()
     targets = []
@@ -350,10 +357,7 @@ def cmd_crash_report(store: Store, args) -> int:
               "archive": None, "targets": targets, "crash": True}
     report.write_status(settings, result)
     report.write_metrics(settings, store.job_names(), effective_metrics_path(settings))
-    out(msg)
-    if job.get("report_to") and job.get("report_on") != "never":
-        report.mail_report(settings, job, result)
-    return EXIT_OK
+    return result
 
 
 def cmd_module_call(store: Store, args) -> int:
