@@ -333,3 +333,50 @@ def test_parallel_gzip_abandoned_writes_nothing_more():
         comp.write(b"more")
     with pytest.raises((EOFError, OSError)):
         gzip.decompress(out.getvalue())
+
+
+# -- the archive written back to disk while it is built (archive.EARLY_SYNC) ----------------
+def _recording_fdatasync(monkeypatch, fail_after=None):
+    """fdatasync as the writer calls it, recorded: (descriptor, the file's size on disk then)."""
+    calls = []
+
+    def fdatasync(fd):
+        calls.append((fd, os.fstat(fd).st_size))
+        if fail_after is not None and len(calls) > fail_after:
+            raise OSError(5, "Input/output error")
+        os.fsync(fd)
+    monkeypatch.setattr(archive, "_fdatasync", fdatasync)
+    return calls
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_the_archive_is_written_back_while_it_is_built(tmp_path, appliance, compression, monkeypatch):
+    monkeypatch.setattr(archive, "EARLY_SYNC", 1 << 20)
+    calls = _recording_fdatasync(monkeypatch)
+    sar = tmp_path / "early.sar"
+    info = _plain(sar, appliance, compression)
+    size = os.path.getsize(str(sar))
+    assert info["size"] == size > 6 << 20  # the trees' random data: about 6 MiB that does not compress
+    # several syncs, each of the .sar file while it was still growing (never after close: the fd is its own)
+    assert len(calls) >= 2, calls
+    assert all(0 < seen < size for _fd, seen in calls), (calls, size)
+    assert archive.verify(str(sar))["checksums_ok"] is True
+    assert hashlib.sha256(sar.read_bytes()).hexdigest() == info["sha256"]
+
+
+def test_a_short_archive_gets_only_the_last_fsync(tmp_path, appliance, monkeypatch):
+    calls = _recording_fdatasync(monkeypatch)
+    _plain(tmp_path / "short.sar", appliance, "zstd")  # under EARLY_SYNC (128 MiB)
+    assert calls == []
+
+
+def test_a_failed_write_back_fails_the_archive_and_leaves_nothing(tmp_path, appliance, monkeypatch):
+    """The kernel reports a write-back error to one fsync only: the one the early sync made. close()
+    must raise it (not a clean fsync after it), and no archive is left."""
+    monkeypatch.setattr(archive, "EARLY_SYNC", 1 << 20)
+    calls = _recording_fdatasync(monkeypatch, fail_after=0)
+    sar = tmp_path / "failed.sar"
+    with pytest.raises(OSError, match="Input/output error"):
+        _plain(sar, appliance, "zstd")
+    assert len(calls) >= 1
+    assert not sar.exists()
