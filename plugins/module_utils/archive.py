@@ -725,25 +725,28 @@ _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class _EarlySync:
-    """fdatasync(fd) on a thread of its own each time poke() is called (at most one waiting): the
-    kernel writes the file back while the writer goes on. An error is kept for close() to raise (the
-    kernel reports a write-back error to one fsync only)."""
+    """fdatasync(fd) on a thread of its own after poke() (requests made meanwhile make one sync): the
+    kernel writes the file back while the writer goes on. A request is never dropped, not even by
+    stop(). An error is kept for close() to raise (the kernel reports a write-back error to one fsync only)."""
 
     def __init__(self, fd: int):
         self.fd = fd
         self.error = None
         self.syncs = 0
-        self._wanted = threading.Event()
+        self._cond = threading.Condition()
+        self._pending = False
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="sar-sync", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
         while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._stopping:
-                return
+            with self._cond:
+                while not (self._pending or self._stopping):
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                self._pending = False
             try:
                 _fdatasync(self.fd)
                 self.syncs += 1
@@ -752,12 +755,15 @@ class _EarlySync:
                 return
 
     def poke(self) -> None:
-        self._wanted.set()
+        with self._cond:
+            self._pending = True
+            self._cond.notify()
 
     def stop(self) -> None:
-        """Wait for a sync under way, then end the thread; never raises."""
-        self._stopping = True
-        self._wanted.set()
+        """Do what was asked, then end the thread; never raises."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
         self._thread.join()
 
 

@@ -337,11 +337,12 @@ def test_parallel_gzip_abandoned_writes_nothing_more():
 
 # -- the archive written back to disk while it is built (archive.EARLY_SYNC) ----------------
 def _recording_fdatasync(monkeypatch, fail_after=None):
-    """fdatasync as the writer calls it, recorded: (descriptor, the file's size on disk then)."""
+    """fdatasync as the writer calls it, recorded: (the file's inode, its size then)."""
     calls = []
 
     def fdatasync(fd):
-        calls.append((fd, os.fstat(fd).st_size))
+        st = os.fstat(fd)
+        calls.append((st.st_ino, st.st_size))
         if fail_after is not None and len(calls) > fail_after:
             raise OSError(5, "Input/output error")
         os.fsync(fd)
@@ -353,13 +354,20 @@ def _recording_fdatasync(monkeypatch, fail_after=None):
 def test_the_archive_is_written_back_while_it_is_built(tmp_path, appliance, compression, monkeypatch):
     monkeypatch.setattr(archive, "EARLY_SYNC", 1 << 20)
     calls = _recording_fdatasync(monkeypatch)
+    pokes = []  # the file's size each time the writer asks for a sync (the sync thread runs when it can)
+    real_poke = archive._EarlySync.poke  # pylint: disable=protected-access
+    monkeypatch.setattr(archive._EarlySync, "poke",  # pylint: disable=protected-access
+                        lambda self: (pokes.append(os.fstat(self.fd).st_size), real_poke(self)))
     sar = tmp_path / "early.sar"
     info = _plain(sar, appliance, compression)
     size = os.path.getsize(str(sar))
     assert info["size"] == size > 6 << 20  # the trees' random data: about 6 MiB that does not compress
-    # several syncs, each of the .sar file while it was still growing (never after close: the fd is its own)
-    assert len(calls) >= 2, calls
-    assert all(0 < seen < size for _fd, seen in calls), (calls, size)
+    # asked every MiB or so while the file grew, from its first MiB on
+    assert len(pokes) >= 4 and pokes == sorted(pokes) and 0 < pokes[0] < size // 2, (pokes, size)
+    # synced at least once, at most once a request, always the .sar file itself
+    assert 1 <= len(calls) <= len(pokes), (calls, pokes)
+    assert {ino for ino, _seen in calls} == {os.stat(str(sar)).st_ino}
+    assert all(0 < seen <= size for _ino, seen in calls), (calls, size)
     assert archive.verify(str(sar))["checksums_ok"] is True
     assert hashlib.sha256(sar.read_bytes()).hexdigest() == info["sha256"]
 
