@@ -36,6 +36,7 @@ in GB chooses) a PNG plot of time and peak memory per size is written to docs/be
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -278,19 +279,17 @@ def measure(app: Appliance, variant: str) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def sha256_speed() -> float:
     """hashlib.sha256 bytes a second on this machine (one thread, 256 MiB hashed), measured once."""
-    if not _SHA256_SPEED:
-        block = os.urandom(16 * 1024 * 1024)
-        digest = hashlib.sha256()
-        start = time.perf_counter()
-        for dummy in range(16):
-            digest.update(block)
-        _SHA256_SPEED.append(16 * len(block) / (time.perf_counter() - start))
-    return _SHA256_SPEED[0]
+    block = os.urandom(16 * 1024 * 1024)
+    digest = hashlib.sha256()
+    start = time.perf_counter()
+    for dummy in range(16):
+        digest.update(block)
+    return 16 * len(block) / (time.perf_counter() - start)
 
 
-_SHA256_SPEED: list = []
 CORES = os.cpu_count() or 1
 
 

@@ -732,7 +732,6 @@ class _EarlySync:
     def __init__(self, fd: int):
         self.fd = fd
         self.error = None
-        self.syncs = 0
         self._cond = threading.Condition()
         self._pending = False
         self._stopping = False
@@ -749,7 +748,6 @@ class _EarlySync:
                 self._pending = False
             try:
                 _fdatasync(self.fd)
-                self.syncs += 1
             except OSError as exc:
                 self.error = exc
                 return
