@@ -41,6 +41,9 @@ _PG_DUMP_RELKINDS = "('r', 'S', 'v', 'm', 'f', 'p')"
 # keeps estimate() an upper bound for the staging space check.
 _TAR_OVERHEAD = 1536
 _CONNECT_TIMEOUT = "10"
+# Debian's client programs: one directory per major version, and the dispatcher PATH links to.
+_PG_BINROOT = "/usr/lib/postgresql"
+_PG_WRAPPER = "pg_wrapper"
 _ERROR_LINES = 5
 
 
@@ -113,7 +116,15 @@ def _where(profile: dict) -> str:
 
 def find_tool(name: str, profile: dict) -> str:
     """A PostgreSQL client program: profile.database.pg_bin_dir if set, else PATH,
-    else the newest /usr/lib/postgresql/<version>/bin (Debian layout)."""
+    else the newest /usr/lib/postgresql/<version>/bin (Debian layout).
+
+    On Debian and Ubuntu, PATH's psql, pg_dump and pg_restore are postgresql-common's
+    pg_wrapper, a Perl script that picks a version and execs it: about 40 ms of CPU per call,
+    and a run makes seven. When the profile names the host, pg_wrapper picks the newest
+    installed version that has the program (pg_wrapper(1): an explicit --host overrides every
+    cluster setting), so that program is called directly, exactly as the wrapper would. (The
+    wrapper also defaults PGSYSCONFDIR to /etc/postgresql-common: Debian's libpq has that built in.)
+    Without a host the wrapper stays: it then chooses the local cluster (its socket and port)."""
     bin_dir = _db(profile).get("pg_bin_dir")
     if bin_dir:
         path = os.path.join(bin_dir, name)
@@ -122,12 +133,22 @@ def find_tool(name: str, profile: dict) -> str:
         raise SourceError("PostgreSQL client %s not found in profile.database.pg_bin_dir (%s)" % (name, bin_dir))
     found = shutil.which(name)
     if found:
+        if _db(profile).get("host") and os.path.basename(os.path.realpath(found)) == _PG_WRAPPER:
+            return _newest_installed(name) or found
         return found
-    candidates = [p for p in glob.glob("/usr/lib/postgresql/*/bin/%s" % name) if os.access(p, os.X_OK)]
-    if candidates:
-        return max(candidates, key=lambda p: _version_key(p.split("/")[-3]))
-    raise SourceError("PostgreSQL client %s not found (PATH, /usr/lib/postgresql/*/bin): install the PostgreSQL "
-                      "client tools or set profile.database.pg_bin_dir" % name)
+    newest = _newest_installed(name)
+    if newest:
+        return newest
+    raise SourceError("PostgreSQL client %s not found (PATH, %s/*/bin): install the PostgreSQL "
+                      "client tools or set profile.database.pg_bin_dir" % (name, _PG_BINROOT))
+
+
+def _newest_installed(name: str) -> str | None:
+    """The program from the newest /usr/lib/postgresql/<version>/bin that has it, as pg_wrapper chooses."""
+    candidates = [p for p in glob.glob(os.path.join(_PG_BINROOT, "*", "bin", name)) if os.access(p, os.X_OK)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: _version_key(p.split(os.sep)[-3]))
 
 
 def _version_key(text: str) -> tuple:

@@ -280,6 +280,27 @@ def test_explicit_pg_bin_dir(app, pg):
     sources.check(sources.plan(["core"], profile), profile)
 
 
+def _is_pg_wrapper(path) -> bool:
+    return bool(path) and os.path.basename(os.path.realpath(path)) == "pg_wrapper"
+
+
+@pytest.mark.skipif(not _is_pg_wrapper(shutil.which("pg_dump")), reason="PATH's pg_dump is not Debian's pg_wrapper here")
+def test_debian_pg_wrapper_is_not_called_when_the_host_is_named(app, staging, spy):
+    """PATH's psql and pg_dump are postgresql-common's Perl dispatcher; with the host named it would exec the
+    newest version, so the run calls that version itself (no Perl start-up per call)."""
+    profile = app["profile"]
+    assert profile["database"]["host"] and not profile["database"].get("pg_bin_dir")
+    plan = sources.plan(["core"], profile)
+    sources.check(plan, profile)
+    sources.estimate(plan, profile)
+    sources.prepare(plan, profile, staging)
+    assert {os.path.basename(c["argv"][0]) for c in spy} == {"psql", "pg_dump"}
+    for call in spy:
+        assert not _is_pg_wrapper(call["argv"][0]) and call["argv"][0].startswith("/usr/lib/postgresql/"), call["argv"][0]
+    with open(os.path.join(staging, "core.pgdump"), "rb") as handle:
+        assert handle.read(5) == b"PGDMP"
+
+
 # -- password handling -------------------------------------------------------------------
 @pytest.fixture
 def spy(monkeypatch):
