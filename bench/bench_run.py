@@ -155,7 +155,7 @@ def compile_engine(collections_root: str) -> None:
     `python -m compileall` after every engine change): there a scheduled run loads bytecode, it never compiles.
     The bench's runs must too, even from a shell with PYTHONDONTWRITEBYTECODE=1 (or a checkout whose
     __pycache__ is stale), where each run would compile the whole engine first (about 90 ms of CPU)."""
-    import compileall  # pylint: disable=import-outside-toplevel  # only here
+    import compileall  # local: only here
     for entry in collections_root.split(os.pathsep):
         plugins = os.path.join(entry, "ansible_collections", "sar", "backup", "plugins")
         if os.path.isdir(plugins):

@@ -30,10 +30,9 @@ import os
 import sys
 import time
 
-from . import errors, info, report
+from . import errors, report
 from .errors import ArchiveError, DecryptKeyError, SarError, TrustError, ValidationError
 from .fsutil import format_size, parse_duration, short_hostname
-from .restore import Restore, parse_identities
 from .runner import VERSION, run_job
 from .store import Store, effective_metrics_path
 from .targets import job_target
@@ -121,6 +120,7 @@ def cmd_run(store: Store, args) -> int:
 
 
 def cmd_list(store: Store, args) -> int:
+    from . import info  # local: only list needs it (a timer's run does not load it)
     rows = info.jobs_info(store, args.job)
     found, unreachable = info.archives_info(store, args.job, log=None) if args.archives else ([], [])
     if args.format == "json":
@@ -163,6 +163,7 @@ def _trusted_keys(args) -> list:
 
 def cmd_verify(store: Store, args) -> int:
     """The checks a restore makes before it changes anything (same code: Restore with verify_only)."""
+    from .restore import Restore  # local: a timer's run does not load the restore code
     try:
         result = Restore(store, path=args.file, passphrase=_read_secret_file(args.passphrase_file),
                          identities=_identities(args.identity), verify_only=True, trust=args.trust,
@@ -193,6 +194,7 @@ def cmd_verify(store: Store, args) -> int:
 def _identities(path):
     if not path:
         return None
+    from .restore import parse_identities  # local, as Restore
     with open(path, "r", encoding="utf-8") as handle:
         return parse_identities(handle.read())
 
@@ -203,6 +205,7 @@ def cmd_restore(store: Store, args) -> int:
     if not (args.yes or args.dry_run or args.verify_only):
         raise ValidationError("--yes", "a restore replaces the archived categories' database tables and file trees "
                               "on this appliance; add --yes to do it, or --dry-run to see what it would restore")
+    from .restore import Restore  # local: a timer's run does not load the restore code
     console = Console()
     result = Restore(store, path=args.file, job=args.job, target=args.target, archive_name=args.archive,
                      data=args.data, passphrase=_read_secret_file(args.passphrase_file),

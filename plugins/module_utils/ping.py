@@ -16,8 +16,6 @@ diffs and status files, never logged. A ping that fails is a warning, never a fa
 
 from __future__ import annotations
 
-import http.client
-import ssl
 import urllib.parse
 
 from .errors import ValidationError
@@ -75,6 +73,9 @@ def send(ping: dict | None, state: str, result: dict | None = None) -> str | Non
     """Ping for `state`; None when done (or not wanted), else a warning (without the URL)."""
     if not ping or state not in ping["states"]:
         return None
+    # Local: every run imports this module (job validation), few ping; http.client alone pulls in the email package.
+    import http.client
+    import ssl
     body = summary(result).encode("utf-8")
     parts = urllib.parse.urlsplit(ping["url"] + SUFFIX[state])
     path = parts.path or "/"
