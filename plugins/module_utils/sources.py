@@ -430,35 +430,48 @@ def measure_tree(path: str, category: str = "") -> tuple:
     return total, files, dirs
 
 
-def database_size(source: Source, profile: dict) -> int:
-    """Upper bound of a dump's size: pg_total_relation_size (data, TOAST, indexes)
-    of the relations it holds, plus large objects for a whole-database dump."""
+def _size_query(source: Source, profile: dict) -> str:
     extra = "0" if source.tables else "pg_catalog.pg_total_relation_size('pg_catalog.pg_largeobject')"
-    sql = ("SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0) + %s FROM pg_catalog.pg_class c "
-           "WHERE c.oid IN (%s);" % (extra, _selected_oids(source, profile)))
-    out = _records(psql(profile, sql, source.category))
+    return ("(SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0) + %s FROM pg_catalog.pg_class c "
+            "WHERE c.oid IN (%s))" % (extra, _selected_oids(source, profile)))
+
+
+def database_sizes(db_sources: list, profile: dict) -> list:
+    """Upper bound of each dump's size: pg_total_relation_size (data, TOAST, indexes) of the relations
+    it holds, plus large objects for a whole-database dump. One psql call for all of them."""
+    if not db_sources:
+        return []
+    sql = "SELECT %s;" % ", ".join(_size_query(src, profile) for src in db_sources)
+    first = db_sources[0].category
+    out = _records(psql(profile, sql, first))
+    fields = out[0].split("|") if out else []
     try:
-        return int(out[0])
-    except (IndexError, ValueError):
-        raise SourceError("%s: unexpected answer from PostgreSQL while sizing the dump: %r" % (source.category, out[:1]))
+        if len(fields) != len(db_sources):
+            raise ValueError
+        return [int(f) for f in fields]
+    except ValueError:
+        raise SourceError("%s: unexpected answer from PostgreSQL while sizing the dump: %r" % (first, out[:1]))
+
+
+def database_size(source: Source, profile: dict) -> int:
+    """database_sizes() of one source."""
+    return database_sizes([source], profile)[0]
 
 
 def estimate(sources: list, profile: dict, spool_part: int = 0) -> int:
     """Bytes the archive's contents may take in staging (an upper bound). `spool_part`: with
     database sources, trees are compressed into parts of that size while the dumps run, and one part
     is in staging twice while it is copied into the archive."""
-    total = largest_tree = 0
-    has_db = False
+    dbs = [src for src in sources if src.kind == KIND_DB]
+    total = sum(database_sizes(dbs, profile)) + len(dbs) * _TAR_OVERHEAD
+    largest_tree = 0
     for src in sources:
-        if src.kind == KIND_DB:
-            has_db = True
-            total += database_size(src, profile) + _TAR_OVERHEAD
-        else:
+        if src.kind != KIND_DB:
             size, files, dirs = measure_tree(src.origin, src.category)
             tree = size + (files + dirs + 1) * _TAR_OVERHEAD
             total += tree
             largest_tree = max(largest_tree, tree)
-    if has_db:
+    if dbs:
         total += min(spool_part, largest_tree)
     return total
 

@@ -331,7 +331,7 @@ def test_password_never_in_argv_or_environment(app, pg, staging, spy, monkeypatc
     sources.estimate(plan, profile)
     sources.prepare(plan, profile, staging)
     dumps = [c for c in spy if os.path.basename(c["argv"][0]) == "pg_dump"]
-    assert len(dumps) == 2 and len(spy) >= 5
+    assert len(dumps) == 2 and len(spy) >= 4  # the connection check, the size query of both dumps, two pg_dumps
     for call in spy:
         assert all(pg.password not in str(a) for a in call["argv"]), call["argv"]
         assert all(pg.password not in str(v) for v in call["env"].values())
@@ -499,6 +499,8 @@ def test_measure_and_estimate(app, staging):
     cdr_only = sources.database_size(plan[3], profile)
     core_db = sources.database_size(plan[0], profile)
     assert cdr_only > 0 and core_db > 0
+    assert sources.database_sizes([plan[0], plan[3]], profile) == [core_db, cdr_only]
+    assert sources.database_sizes([], profile) == []
     sources.prepare(plan, profile, staging)
     # an upper bound of what staging and the archive will hold
     assert total >= sum(s.size for s in plan)
@@ -507,6 +509,14 @@ def test_measure_and_estimate(app, staging):
     assert by_member["files/cdr_voicemail/0"].size == expected
     assert by_member["files/cdr_voicemail/0"].files == files
     assert by_member["files/core/0"].files == 4
+
+
+def test_estimate_sizes_every_dump_with_one_psql_call(app, spy):
+    profile = app["profile"]
+    plan = sources.plan(ALL, profile)
+    total = sources.estimate(plan, profile)
+    assert [os.path.basename(c["argv"][0]) for c in spy] == ["psql"]
+    assert total > sum(sources.database_sizes([s for s in plan if s.kind == sources.KIND_DB], profile))
 
 
 def test_estimate_names_unreachable_database(app, pg):
