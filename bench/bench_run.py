@@ -13,9 +13,9 @@ cluster per bench invocation, with the real server):
   and 24 announcement WAVs, about 5 %;
 - the configuration files of the sample appliance.
 
-Measured side by side in pairs (A B, B A, A B ...: the order turns each pair), `BENCH_REPEAT` pairs (default 3;
-at least 5 for zstd), the ratio of each pair taken and their median kept (times: medians); peak RSS is ru_maxrss of the largest process of each side
-(wait4: a process and the children it waited for):
+Measured side by side in pairs (A B, B A, A B ...: the order turns each pair), `BENCH_REPEAT` pairs
+(default 3; at least 5 for zstd), the ratio of each pair taken and their median kept (times: medians);
+peak RSS is ru_maxrss of the largest process of each side (wait4: a process and the children it waited for):
 
 - zstd: ours = `sar-backup run` (categories core, cdr_voicemail, announcements
   -> one local target); peer = `pg_dump -Fc -Z0 -f DB` then
@@ -454,11 +454,12 @@ def run(workdir: str, size_bytes: int) -> dict:
     result["notes"] = ("Time ratio = ours / peer wall time, the median of the ratios of %d pairs (%d for zstd) taken "
                        "in turn, the order turning each pair (<= 1.0 means as fast as the pipeline); seconds are "
                        "medians, and 'ratio_of_medians' divides them. The peer's time includes `sync OUT DIR` "
-                       "(ours fsyncs the archive and its folder); 'ratio without peer sync' leaves it out. Peak RSS = largest single process (wait4). "
+                       "(ours fsyncs the archive and its folder); 'ratio without peer sync' leaves it out. "
+                       "Peak RSS = largest single process (wait4). "
                        "machine_cpu_s = the whole machine's busy CPU seconds during a side's run (from /proc/stat: "
                        "the PostgreSQL server's work included, steal excluded); ratio_floor = our machine CPU seconds / "
-                       "%d cores / the peer's seconds (per pair, median), the least ratio our work allows on this machine even with every core busy "
-                       "all the time; sha256_cpu_s = the part of ours that is the two SHA-256 passes (members and "
+                       "%d cores / the peer's seconds (per pair, median), the least ratio our work allows on this "
+                       "machine even with every core busy all the time; sha256_cpu_s = the part of ours that is the two SHA-256 passes (members and "
                        ".sar file, at this machine's hashlib speed), which the peer does not do. "
                        "The bench took %.0fs. ![time and peak memory per size](benchmarks-run.png)"
                        % (REPEAT, max(REPEAT, ZSTD_PAIRS), CORES, time.time() - started))

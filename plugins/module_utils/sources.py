@@ -445,17 +445,12 @@ def database_sizes(db_sources: list, profile: dict) -> list:
     first = db_sources[0].category
     out = _records(psql(profile, sql, first))
     fields = out[0].split("|") if out else []
-    try:
-        if len(fields) != len(db_sources):
-            raise ValueError
-        return [int(f) for f in fields]
-    except ValueError:
-        raise SourceError("%s: unexpected answer from PostgreSQL while sizing the dump: %r" % (first, out[:1]))
-
-
-def database_size(source: Source, profile: dict) -> int:
-    """database_sizes() of one source."""
-    return database_sizes([source], profile)[0]
+    if len(fields) == len(db_sources):
+        try:
+            return [int(f) for f in fields]
+        except ValueError:
+            pass
+    raise SourceError("%s: unexpected answer from PostgreSQL while sizing the dump: %r" % (first, out[:1]))
 
 
 def estimate(sources: list, profile: dict, spool_part: int = 0) -> int:

@@ -496,8 +496,8 @@ def test_measure_and_estimate(app, staging):
         os.unlink(os.path.join(voicemail, "link-not-followed"))
     plan = sources.plan(ALL, profile)
     total = sources.estimate(plan, profile)
-    cdr_only = sources.database_size(plan[3], profile)
-    core_db = sources.database_size(plan[0], profile)
+    cdr_only = sources.database_sizes([plan[3]], profile)[0]
+    core_db = sources.database_sizes([plan[0]], profile)[0]
     assert cdr_only > 0 and core_db > 0
     assert sources.database_sizes([plan[0], plan[3]], profile) == [core_db, cdr_only]
     assert sources.database_sizes([], profile) == []
