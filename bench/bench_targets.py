@@ -35,7 +35,7 @@ for _path in (TESTS, BENCH):
 from harness import smbd as smbd_harness  # noqa: E402  pylint: disable=wrong-import-position
 from harness.playbook import collections_path  # noqa: E402  pylint: disable=wrong-import-position
 from harness.sshd import SshServer, generate_key  # noqa: E402  pylint: disable=wrong-import-position
-from bench_local import random_file  # noqa: E402  pylint: disable=wrong-import-position
+from bench_local import CpuGroup, random_file  # noqa: E402  pylint: disable=wrong-import-position
 
 # 5 rounds by default (not the benches' 3): the order rotates, and transfers vary more than anything else here.
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
@@ -62,6 +62,7 @@ class Store:
 
 job = {"name": "bench", "targets": [validate_target(t, i) for i, t in enumerate(settings["targets"])]}
 run = runner.Run(job, Store())
+own = resource.getrusage(resource.RUSAGE_SELF)
 machine = machine_cpu_s()
 start = time.monotonic()
 entries = run.deliver(settings["path"], {"name": settings["name"], "size": settings["size"], "sha256": "0" * 64})
@@ -71,21 +72,45 @@ bad = [e for e in entries if e["status"] != "ok"]
 if bad:
     sys.exit("delivery failed: %s" % bad)
 usage = resource.getrusage(resource.RUSAGE_SELF)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the ssh client the sftp target ran
+deliver_cpu = usage.ru_utime + usage.ru_stime - own.ru_utime - own.ru_stime
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child's starts at its parent's
 # peak (the bench runner's, far above ours); the high-water mark of this process's own memory.
 with open("/proc/self/status", encoding="ascii") as handle:
     peak_kb = int(next(line for line in handle if line.startswith("VmHWM:")).split()[1])
 print(json.dumps({"seconds": seconds, "peak_rss_kb": peak_kb,
-                  "cpu_s": usage.ru_utime + usage.ru_stime, "machine_cpu_s": machine}))
+                  "cpu_s": usage.ru_utime + usage.ru_stime, "ssh_cpu_s": kids.ru_utime + kids.ru_stime,
+                  "deliver_cpu_s": deliver_cpu,
+                  "machine_cpu_s": machine}))
 """
 
 
-def _deliver(settings: dict) -> dict:
+def _deliver(settings: dict, servers: dict) -> dict:
+    """One delivery in a child; `servers`: name -> CpuGroup of that server's processes, whose CPU
+    seconds during the delivery go into the result as NAME_cpu_s."""
+    before = {name: group.cpu_s() for name, group in servers.items()}
     proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(settings), capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError("delivery child failed: %s" % proc.stderr.strip()[-2000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, group in servers.items():
+        result[name + "_cpu_s"] = group.cpu_s() - before[name]
+    return result
+
+
+def _server_groups(sshd, smbd) -> dict:
+    """A cgroup for each server's processes (sshd's listener, smbd's; their connections are forked
+    into it); {} where cgroups are not at hand."""
+    groups = {}
+    for name, pids in (("sshd", [sshd.proc.pid]), ("smbd", smbd.pids())):
+        group = CpuGroup.make("sar-bench-" + name)
+        if group is None:
+            break
+        groups[name] = group
+        for pid in pids:
+            group.add(pid)
+    return groups
 
 
 def _empty(path: str) -> None:
@@ -104,6 +129,7 @@ def run(workdir: str, size_bytes: int) -> dict:
     key_path = os.path.join(scratch, "id_ed25519")
     sshd = SshServer(host_key_types=("ed25519",), log_level="ERROR")
     smbd = smbd_harness.SmbServer(log_level=0)
+    servers = {}
     try:
         sshd.start()
         sshd.add_authorized_key(generate_key(key_path, "ed25519"))
@@ -122,15 +148,18 @@ def run(workdir: str, size_bytes: int) -> dict:
         runs = {name: [] for name, _which in variants}
         base = {"collections_path": collections_path(), "bench_dir": BENCH, "config_dir": scratch, "path": src, "name": NAME,
                 "size": size_bytes}
+        servers = _server_groups(sshd, smbd)
         for turn in range(REPEAT):
             # Each round starts one variant later: what one delivery leaves behind falls on each in turn.
             for name, which in variants[turn % len(variants):] + variants[:turn % len(variants)]:
-                runs[name].append(_deliver(dict(base, targets=[targets[w] for w in which])))
+                runs[name].append(_deliver(dict(base, targets=[targets[w] for w in which]), servers))
                 for folder in (local_dir, sftp_dir, smbd.share_path("share")):
                     _empty(folder)
     finally:
         sshd.stop()
         smbd.stop()
+        for group in servers.values():
+            group.remove()
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(local_dir, ignore_errors=True)
     rows = []
@@ -140,13 +169,22 @@ def run(workdir: str, size_bytes: int) -> dict:
         seconds = statistics.median(r["seconds"] for r in runs[name])
         med[name] = seconds
         machine[name] = statistics.median(r["machine_cpu_s"] for r in runs[name])
-        rows.append({"delivery": " + ".join(which) + (" (at once)" if len(which) > 1 else " alone"),
-                     "seconds": round(seconds, 3), "mb_s": round(size_bytes / MB / seconds, 1),
-                     "cpu_s": round(statistics.median(r["cpu_s"] for r in runs[name]), 2),
-                     "machine_cpu_s": round(machine[name], 2),
-                     "cores_busy": round(machine[name] / seconds, 2),
-                     "peak_rss_mb": round(max(r["peak_rss_kb"] for r in runs[name]) / 1024.0, 1),
-                     "runs_s": [round(r["seconds"], 3) for r in runs[name]]})
+        # Who did the machine's work (medians): our process, its ssh client, sshd's side (session and
+        # sftp-server), smbd's connection process; the rest is the kernel's own (softirq of the loopback
+        # traffic, page-cache write-back) and anything else on the machine.
+        parts = {part: statistics.median(r[part + "_cpu_s"] for r in runs[name])
+                 for part in ("deliver", "ssh") + tuple(servers)}
+        row = {"delivery": " + ".join(which) + (" (at once)" if len(which) > 1 else " alone"),
+               "seconds": round(seconds, 3), "mb_s": round(size_bytes / MB / seconds, 1),
+               "cpu_s": round(statistics.median(r["cpu_s"] for r in runs[name]), 2),
+               "machine_cpu_s": round(machine[name], 2)}
+        if servers:
+            row.update({part + "_cpu_s": round(cpu, 2) for part, cpu in parts.items()})
+            row["rest_cpu_s"] = round(machine[name] - sum(parts.values()), 2)
+        row.update({"cores_busy": round(machine[name] / seconds, 2),
+                    "peak_rss_mb": round(max(r["peak_rss_kb"] for r in runs[name]) / 1024.0, 1),
+                    "runs_s": [round(r["seconds"], 3) for r in runs[name]]})
+        rows.append(row)
     slowest = max(("local", "sftp", "smb"), key=lambda n: med[n])
     cores = os.cpu_count() or 1
     # The three alone need this much CPU from the machine; spread perfectly over its cores they
@@ -166,12 +204,31 @@ def run(workdir: str, size_bytes: int) -> dict:
                   "turn (each round starts one later). ratio = at once / slowest alone (%s); aim <= 1.1. cpu_s = the child's CPU seconds "
                   "(every thread); machine_cpu_s = the whole machine's busy CPU seconds during the delivery "
                   "(/proc/stat: our process, ssh, sshd, sftp-server, smbd and the kernel; they share the same "
-                  "%d cores), cores_busy = machine_cpu_s / seconds. ratio_floor = the least ratio this machine "
+                  "%d cores), cores_busy = machine_cpu_s / seconds. Where that CPU went (medians, so the "
+                  "parts need not add up exactly): deliver_cpu_s our process during deliver() (cpu_s adds the "
+                  "interpreter's start), ssh_cpu_s the ssh client it ran, sshd_cpu_s sshd's side of the connection "
+                  "(session, cipher, sftp-server's writes), smbd_cpu_s smbd's (signature check, decryption, "
+                  "writes), each server's processes read from a cgroup of their own (cpuacct); "
+                  "rest_cpu_s = machine_cpu_s less those: the kernel's own work (softirq of the loopback traffic, "
+                  "page-cache write-back) and anything else on the machine. ratio_floor = the least ratio this machine "
                   "allows: the three alone need %.2f CPU-s, at best spread over %d cores = %.2f s, against "
                   "%.2f s for the slowest alone; ratio_vs_floor = at once / that floor (1.0 = every core "
                   "busy all the time)."
-                  % (size_bytes / MB, REPEAT, slowest, cores, work, cores, work / cores, med[slowest])),
+                  % (size_bytes / MB, REPEAT, slowest, cores, work, cores, work / cores, med[slowest]))
+        + _split_note(rows[-1], cores),
     }
+
+
+def _split_note(together: dict, cores: int) -> str:
+    """What the split of the CPU at once says about the cap (empty without the cgroup figures)."""
+    if "sshd_cpu_s" not in together:
+        return " (No cgroup file system here: the CPU is not split by process.)"
+    client = together["deliver_cpu_s"] + together["ssh_cpu_s"]
+    servers = together["sshd_cpu_s"] + together["smbd_cpu_s"]
+    return (" At once, the client side (our process and its ssh) used %.2f CPU-s and the two servers %.2f: "
+            "here they share the same %d cores, where a real run's servers are other machines, whose work "
+            "would leave the client's %.2f CPU-s alone on its cores (%.2f s spread over all of them)."
+            % (client, servers, cores, client, client / cores))
 
 
 if __name__ == "__main__":
