@@ -7,7 +7,7 @@ and per leaf function (sha256, zstd, reads, writes, waiting for pg_dump...).
 
     .venv/bin/python bench/profile_run.py CONFIG_DIR JOB [--out DIR]
 
-Needs py-spy (`pip install py-spy`; not in requirements: profiling is a developer's tool)."""
+Needs py-spy (pinned in requirements/dev.txt, so `make bench` profiles; the bench skips the profile without it)."""
 
 from __future__ import annotations
 
