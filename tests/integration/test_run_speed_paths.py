@@ -95,6 +95,99 @@ def test_no_link_falls_back_to_the_copy(tmp_path, monkeypatch, code):
     assert sorted(os.listdir(target.folder)) == [NAME]
 
 
+def test_a_copy_of_several_pieces_is_byte_for_byte_the_archive(tmp_path, monkeypatch):
+    """The copy reads into one reused buffer: every piece, the short last one too, lands whole and in order."""
+    data = os.urandom(2 * local.CHUNK + 12345)
+    src, size = _archive(str(tmp_path / "staging"), data)
+    target = _target(tmp_path / "archives")
+    target.ensure_dir()
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+    monkeypatch.setattr(local.os, "link", refuse)
+    target.put(src, NAME, size)
+    with open(os.path.join(target.folder, NAME), "rb") as handle:
+        assert handle.read() == data
+
+
+@pytest.mark.parametrize("refused_after", [0, 1, 2])
+def test_where_sendfile_is_refused_the_copy_goes_on_through_a_buffer(tmp_path, monkeypatch, refused_after):
+    """sendfile(2) refused at once, or after some calls (EINVAL: not between these files): the buffer
+    copies from where it stopped, and the archive arrives whole."""
+    data = os.urandom(3 * local.SEND_CHUNK + 999)
+    src, size = _archive(str(tmp_path / "staging"), data)
+    calls = []
+    real = os.sendfile
+
+    def sendfile(out_fd, in_fd, offset, count):
+        calls.append(count)
+        if len(calls) > refused_after:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real(out_fd, in_fd, offset, count)
+    monkeypatch.setattr(local.os, "sendfile", sendfile)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    local.copy_atomic(src, str(dest), NAME, size)
+    with open(str(dest / NAME), "rb") as handle:
+        assert handle.read() == data
+    assert len(calls) == refused_after + 1 and os.listdir(str(dest)) == [NAME]
+
+
+def test_a_failing_sendfile_fails_the_copy_and_removes_the_partial(tmp_path, monkeypatch):
+    """An error that is the copy's own (here EIO on the second call) is not a reason to try a buffer."""
+    src, size = _archive(str(tmp_path / "staging"), os.urandom(2 * local.SEND_CHUNK))
+    real, calls = os.sendfile, []
+
+    def sendfile(out_fd, in_fd, offset, count):
+        calls.append(count)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(out_fd, in_fd, offset, count)
+    monkeypatch.setattr(local.os, "sendfile", sendfile)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(TargetError) as info:
+        local.copy_atomic(src, str(dest), NAME, size)
+    assert "input/output error" in str(info.value).lower() and len(calls) == 2
+    assert os.listdir(str(dest)) == []
+
+
+def test_a_wrapped_source_is_copied_through_its_readinto(tmp_path, monkeypatch):
+    """Not sendfile from a wrapper's descriptor (the kill and fault tests wrap open() to stop a copy at
+    a byte): every byte passes through the wrapper."""
+    data = os.urandom(local.SEND_CHUNK + 4321)
+    src, size = _archive(str(tmp_path / "staging"), data)
+    seen = [0]
+
+    class Wrapper:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def readinto(self, buf):
+            got = self.handle.readinto(buf)
+            seen[0] += got
+            return got
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k: Wrapper(real_open(path, mode, *a, **k))
+                        if path == src else real_open(path, mode, *a, **k))
+    monkeypatch.setattr(local.os, "sendfile", lambda *_a: pytest.fail("sendfile from a wrapped source"))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    local.copy_atomic(src, str(dest), NAME, size)
+    assert seen[0] == len(data)
+    with real_open(str(dest / NAME), "rb") as handle:
+        assert handle.read() == data
+
+
 def test_other_filesystem_copies(tmp_path):
     shm = "/dev/shm"
     if not os.path.isdir(shm) or not os.access(shm, os.W_OK) or os.stat(shm).st_dev == os.stat(str(tmp_path)).st_dev:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import uuid
 
@@ -37,29 +38,60 @@ def _publish(partial: str, dest_dir: str, name: str, where: str, map_error, fill
         raise
 
 
+SEND_CHUNK = 8 * CHUNK  # bytes per sendfile(2) call (each call is one chance for a kill or a full disk to show)
+
+# sendfile(2) errors that mean "not between these two files" (an old kernel, a filesystem without it):
+# the copy goes on through a buffer. Anything else (ENOSPC, EIO) is the copy's own failure.
+_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+def _copy_data(src, dst) -> int:
+    """Copy what is left of `src` to `dst` (raw binary files); the number of bytes copied.
+
+    sendfile(2), as `cp` copies (copy_file_range): the kernel moves the data from the page cache to
+    the file without a round trip through Python. Where it is refused, one reused buffer: a fresh
+    bytes object per read() is fresh memory for the kernel to hand out and zero each time, which
+    doubled the copy's CPU on a VM that returns freed pages to its host (bench_local: 0.44x `cp`
+    with read(), 0.64x into one buffer, 1.02x with sendfile). sendfile only from exactly a file open()
+    made, as the sftp target's: a wrapper around one (a test pausing or killing the copy at a byte)
+    sees every byte pass through its readinto."""
+    copied = 0
+    if src.__class__ is io.BufferedReader:
+        try:
+            while True:
+                sent = os.sendfile(dst.fileno(), src.fileno(), None, SEND_CHUNK)
+                if not sent:
+                    return copied
+                copied += sent
+        except OSError as exc:
+            if exc.errno not in _NO_SENDFILE:
+                raise
+    buffer = memoryview(bytearray(CHUNK))
+    while True:  # from where sendfile stopped: it moved both files' offsets as far as it copied
+        got = src.readinto(buffer)
+        if not got:
+            return copied
+        view = buffer[:got]
+        while view:  # raw writes may be short
+            written = dst.write(view)
+            view = view[written:]
+        copied += got
+
+
 def copy_atomic(src_path: str, dest_dir: str, name: str, size: int, where: str = "", map_error=None) -> None:
     """Copy `src_path` (`size` bytes) to dest_dir/name: written as
-    partial_name(name) in CHUNK pieces, fsync, rename, fsync of the folder (_publish). On
+    partial_name(name) (_copy_data), fsync, rename, fsync of the folder (_publish). On
     any failure the partial is removed and earlier files stay as they were;
     OSErrors become TargetError via `map_error` (ENOSPC -> diskFull)."""
     where = where or dest_dir
     partial = os.path.join(dest_dir, partial_name(name))
 
     def fill() -> None:
-        copied = 0
         with open(src_path, "rb") as src:
             # Created 0600 at once: no chmod, which FAT filesystems refuse.
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb", buffering=0) as dst:
-                while True:
-                    chunk = src.read(CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:  # raw writes may be short
-                        written = dst.write(view)
-                        view = view[written:]
-                    copied += len(chunk)
+                copied = _copy_data(src, dst)
                 os.fsync(dst.fileno())
         if copied != size:
             raise TargetError("%s: the archive %s changed while it was copied (%d bytes read, %d expected)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import pytest
 
@@ -49,6 +50,52 @@ def test_sha256_stream_reads_what_is_left_in_pieces_and_feeds_the_sinks():
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest() and total == len(data)
     assert b"".join(seen) == data and max(len(piece) for piece in seen) == 100_000
     assert other.hexdigest() == hashlib.sha512(data).hexdigest()
+
+
+class _ShortReads(io.RawIOBase):
+    """readinto() that returns fewer bytes than asked, as pipes and network readers do."""
+
+    def __init__(self, data: bytes):
+        super().__init__()
+        self.data, self.pos, self.calls = data, 0, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        self.calls += 1
+        take = min(len(buf), 777, len(self.data) - self.pos)
+        buf[:take] = self.data[self.pos:self.pos + take]
+        self.pos += take
+        return take
+
+
+class _ReadOnly(io.RawIOBase):
+    """A raw file object with read() only: io.RawIOBase's readinto() is a stub that raises."""
+
+    def __init__(self, data: bytes):
+        super().__init__()
+        self.stream = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        return self.stream.read(size)
+
+
+def test_sha256_stream_without_sinks_reads_into_one_buffer_through_short_reads():
+    data = os.urandom(50_000)
+    handle = _ShortReads(data)
+    digest, total = fsutil.sha256_stream(handle, chunk=4096)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest() and total == len(data)
+    assert handle.calls == -(-len(data) // 777) + 1  # every piece through readinto, then the empty read
+
+
+def test_sha256_stream_falls_back_to_read_where_readinto_is_a_stub():
+    data = os.urandom(30_000)
+    digest, total = fsutil.sha256_stream(_ReadOnly(data), chunk=4096)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest() and total == len(data)
 
 
 def test_sha256_file(tmp_path):
