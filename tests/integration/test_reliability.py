@@ -326,6 +326,13 @@ class Reader:
         self.done += len(data)
         return data
 
+    def readinto(self, buf):
+        if self.done >= PAUSE_READ:
+            pause("read %d bytes of %s" % (self.done, self.handle.name))
+        got = self.handle.readinto(buf)
+        self.done += got or 0
+        return got
+
     def __enter__(self):
         return self
 
