@@ -229,7 +229,7 @@ def run(workdir: str, size_bytes: int) -> dict:
 def _split_note(together: dict, cores: int) -> str:
     """What the split of the CPU at once says about the cap (empty without the cgroup figures)."""
     if "sshd_cpu_s" not in together:
-        return " (No cgroup file system here: the CPU is not split by process.)"
+        return " (No cgroup would take the servers' processes here: the CPU is not split by process.)"
     client = together["deliver_cpu_s"] + together["ssh_cpu_s"]
     servers = together["sshd_cpu_s"] + together["smbd_cpu_s"]
     return (" At once, the client side (our process and its ssh) used %.2f CPU-s and the two servers %.2f: "

@@ -65,34 +65,40 @@ def format_size(num, unit: str = "") -> str:
 HASH_CHUNK = 1024 * 1024
 
 
+def read_pieces(handle, chunk: int = HASH_CHUNK):
+    """What is left to read in the binary file object `handle`, `chunk` bytes at a time, as views of one
+    reused buffer (readinto): a fresh bytes object per piece is fresh memory for the kernel to hand out
+    and zero each time (bench_local). A view is valid until the next piece is asked for. Where `handle`
+    has no readinto, or io.RawIOBase's stub, the pieces are read() bytes."""
+    readinto = getattr(handle, "readinto", None)
+    if readinto is not None:
+        buffer = memoryview(bytearray(chunk))
+        while True:
+            try:
+                got = readinto(buffer)
+            except NotImplementedError:  # io.RawIOBase's stub: the file object has read() only
+                break
+            if not got:
+                return
+            yield buffer[:got]
+    yield from iter(lambda: handle.read(chunk), b"")
+
+
 def sha256_stream(handle, chunk: int = HASH_CHUNK, sinks=()) -> tuple:
     """(SHA-256 hash object, byte count) of what is left to read in the binary file object `handle`, read
     `chunk` bytes at a time; every piece is also handed to each callable of `sinks` (another hash's
     update, a writer), so one pass serves several consumers. The one streaming SHA-256 of the engine.
 
-    Without sinks, and where `handle` can (readinto), it reads into one reused buffer: a fresh bytes
-    object per piece is fresh memory for the kernel to hand out and zero each time (bench_local: the
-    full verify of a local copy). Sinks get pieces of their own, which they may keep."""
+    Without sinks it reads through read_pieces (one reused buffer); sinks get pieces of their own,
+    which they may keep."""
     digest = hashlib.sha256()
     total = 0
-    readinto = None if sinks else getattr(handle, "readinto", None)
-    buffer = memoryview(bytearray(chunk)) if readinto is not None else None
-    while True:
-        if buffer is not None:
-            try:
-                got = readinto(buffer)
-            except NotImplementedError:  # io.RawIOBase's stub: the file object has read() only
-                buffer = None
-                continue
-            data = buffer[:got] if got else None
-        else:
-            data = handle.read(chunk)
-        if not data:
-            return digest, total
+    for data in read_pieces(handle, chunk) if not sinks else iter(lambda: handle.read(chunk), b""):
         digest.update(data)
         total += len(data)
         for sink in sinks:
             sink(data)
+    return digest, total
 
 
 def sha256_file(path: str, chunk: int = HASH_CHUNK, sinks=()) -> tuple:
